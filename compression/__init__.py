@@ -1,0 +1,13 @@
+"""thinwire.compression: codecs, error-feedback memories and wire sizing.
+
+    >>> from thinwire import compression
+    >>> codec = compression.get("eden", bits=2)
+    >>> enc = codec.encode(x, compression.Context(seed=1, round=0, client_id=3))
+    >>> x_hat = codec.decode(compression.Encoded.from_bytes(enc.to_bytes()), ctx)
+"""
+from .base import Codec, Context, Encoded, available, from_spec, get, register  # noqa: F401
+from . import cast  # noqa: F401  (registers identity, fp16, bf16)
+from .tensors import FlatSpec, flatten, unflatten  # noqa: F401
+
+__all__ = ["Codec", "Context", "Encoded", "available", "from_spec", "get", "register", "FlatSpec", "flatten",
+           "unflatten"]

@@ -1,0 +1,56 @@
+"""Lossless and cast baselines: identity (fp32 as given) and fp16 / bf16 down-casts."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import Codec, Context, Encoded, new_encoded, register
+
+
+def tensor_to_bytes(x: torch.Tensor) -> bytes:
+    """Raw little-endian bytes of a contiguous CPU tensor (bf16 via its int16 view)."""
+    x = x.detach().contiguous().cpu()
+    if x.dtype == torch.bfloat16:
+        x = x.view(torch.int16)
+    return x.numpy().tobytes()
+
+
+def tensor_from_bytes(data: bytes, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
+    if dtype == torch.bfloat16:
+        return torch.from_numpy(np.frombuffer(data, dtype=np.int16).copy()).view(torch.bfloat16).to(device)
+    np_dtype = {torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64,
+                torch.int64: np.int64, torch.int32: np.int32, torch.uint8: np.uint8}[dtype]
+    return torch.from_numpy(np.frombuffer(data, dtype=np_dtype).copy()).to(device)
+
+
+class _Cast(Codec):
+    wire_dtype: torch.dtype = torch.float32
+    aggregatable = True
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def _encode(self, x: torch.Tensor, ctx: Context) -> Encoded:
+        return new_encoded(values=tensor_to_bytes(x.to(self.wire_dtype)))
+
+    def _decode(self, enc: Encoded, ctx: Context, device: torch.device) -> torch.Tensor:
+        return tensor_from_bytes(enc.sections["values"], self.wire_dtype, device).float()
+
+
+@register
+class Identity(_Cast):
+    """Dense fp32: the reference every ratio is measured against."""
+    name = "identity"
+    wire_dtype = torch.float32
+
+
+@register
+class FP16(_Cast):
+    name = "fp16"
+    wire_dtype = torch.float16
+
+
+@register
+class BF16(_Cast):
+    name = "bf16"
+    wire_dtype = torch.bfloat16

@@ -1,0 +1,335 @@
+"""Typed run configuration, loaded from TOML/YAML and flags (flags win), validated in one place.
+
+`load(cls, path, overrides)` builds any config dataclass; `add_arguments(parser, cls)` derives one
+`--flag` per field, so every engine gets file + flag configuration for free. Each dataclass's
+`validate()` raises `ConfigError` naming the field and the allowed values.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+T = TypeVar("T")
+
+DATASETS = ("digits", "synthetic", "mnist", "fashion-mnist", "cifar10", "npz")
+PARTITIONS = ("iid", "dirichlet", "shards", "natural")
+MODELS_HELP = "mlp, lenet, logreg or module:function"
+PROFILES = ("uniform", "lognormal", "mobile", "datacenter", "trace")
+STRAGGLER_MODELS = ("none", "iid", "gilbert", "trace")
+LOSS_MODELS = ("none", "iid", "gilbert")
+LOSS_POLICIES = ("retransmit", "holes")
+STRATEGIES = ("fedavg",)
+FEEDBACK = ("none", "ef", "def", "defa")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field carrying its --help text."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+# -- checks shared by every config ------------------------------------------------------------
+def check_int(name: str, v: int, lo: int | None = None, hi: int | None = None) -> None:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(name, f"expected an integer, got {v!r}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ConfigError(name, f"{v} is out of range", _range(lo, hi))
+
+
+def check_float(name: str, v: float, lo: float | None = None, hi: float | None = None,
+                lo_open: bool = False, hi_open: bool = False) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ConfigError(name, f"expected a finite number, got {v!r}")
+    bad = (lo is not None and (v < lo or (lo_open and v == lo))) or \
+          (hi is not None and (v > hi or (hi_open and v == hi)))
+    if bad:
+        lb = "(" if lo_open else "["
+        rb = ")" if hi_open else "]"
+        raise ConfigError(name, f"{v} is out of range",
+                          f"{lb}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{rb}")
+
+
+def check_prob(name: str, v: float) -> None:
+    check_float(name, v, 0.0, 1.0)
+
+
+def check_choice(name: str, v: str, choices: Sequence[str]) -> None:
+    if v not in choices:
+        raise ConfigError(name, f"unknown value {v!r}", ", ".join(choices))
+
+
+def check_file(name: str, path: str | None) -> None:
+    if not path:
+        raise ConfigError(name, "a file path is required")
+    p = Path(path)
+    if not p.is_file() or not os.access(p, os.R_OK):
+        raise ConfigError(name, f"cannot read file {path!r}", "an existing readable file")
+
+
+def _range(lo: Any, hi: Any) -> str:
+    if hi is None:
+        return f">= {lo}"
+    if lo is None:
+        return f"<= {hi}"
+    return f"{lo}..{hi}"
+
+
+def check_codec(name: str, spec: str) -> None:
+    from thinwire import compression
+    try:
+        compression.from_spec(spec)
+    except ValueError as e:
+        raise ConfigError(name, str(e)) from None
+
+
+def check_model(name: str, model: str) -> None:
+    if model in ("mlp", "lenet", "logreg"):
+        return
+    mod, sep, fn = model.partition(":")
+    if not sep or not mod or not fn:
+        raise ConfigError(name, f"unknown model {model!r}", MODELS_HELP)
+
+
+# -- the federated run (simulation and served mode share it) ----------------------------------
+@dataclass
+class RunConfig:
+    # run
+    name: str = _f("run", "run name; outputs go to OUT_DIR/NAME")
+    out_dir: str = _f("runs", "directory holding run directories")
+    seed: int = _f(0, "seed for everything (data split, init, faults, codecs)")
+    rounds: int = _f(50, "number of federated rounds")
+    eval_every: int = _f(1, "evaluate the global model every N rounds")
+    # data
+    dataset: str = _f("digits", "data set", choices=DATASETS)
+    data_path: str = _f("", "file or directory for mnist/fashion-mnist/cifar10/npz")
+    clients: int = _f(100, "number of (virtual) clients")
+    partition: str = _f("iid", "how data is split over clients", choices=PARTITIONS)
+    alpha: float = _f(0.5, "Dirichlet concentration for --partition dirichlet")
+    shards_per_client: int = _f(2, "shards per client for --partition shards")
+    synthetic_alpha: float = _f(1.0, "Synthetic(alpha, beta): model heterogeneity")
+    synthetic_beta: float = _f(1.0, "Synthetic(alpha, beta): data heterogeneity")
+    # model and local training
+    model: str = _f("mlp", f"model: {MODELS_HELP}")
+    hidden: list = _f([64, 64], "MLP hidden sizes, e.g. 64,64")
+    per_round: int = _f(10, "clients aggregated per round (K)")
+    local_epochs: int = _f(1, "local epochs per round")
+    batch_size: int = _f(16, "local batch size")
+    lr: float = _f(0.05, "client learning rate")
+    momentum: float = _f(0.0, "client SGD momentum")
+    weight_decay: float = _f(0.0, "client weight decay")
+    # server
+    strategy: str = _f("fedavg", "aggregation strategy", choices=STRATEGIES)
+    server_lr: float = _f(1.0, "server learning rate applied to the aggregated update")
+    server_momentum: float = _f(0.0, "server momentum (FedAvgM)")
+    # compression
+    codec: str = _f("identity", "update codec, e.g. identity, fp16, eden:bits=2, randblock:ratio=64")
+    feedback: str = _f("none", "error feedback memory on clients", choices=FEEDBACK)
+    feedback_coeff: float = _f(0.3, "DEF detach coefficient c")
+    # round driver
+    overcommit: float = _f(1.0, "select ceil(per_round * overcommit) clients, aggregate the first per_round")
+    deadline: float = _f(0.0, "round deadline in (virtual) seconds; 0 = wait for per_round clients")
+    # fault and network model
+    profile: str = _f("uniform", "client speed/bandwidth profile", choices=PROFILES)
+    trace: str = _f("", "CSV trace for --profile trace or --stragglers trace")
+    compute_per_sample: float = _f(0.002, "seconds of compute per training sample for a speed-1 client")
+    bandwidth_mbps: float = _f(10.0, "median uplink bandwidth in Mbit/s (downlink is 4x)")
+    latency_ms: float = _f(50.0, "median one-way latency in ms")
+    stragglers: str = _f("none", "straggler model", choices=STRAGGLER_MODELS)
+    straggler_prob: float = _f(0.0, "probability a client straggles in a round (iid) / stationary bad-state share")
+    straggler_slowdown: float = _f(5.0, "compute slowdown factor of a straggler")
+    straggler_burst: float = _f(5.0, "mean burst length in rounds for --stragglers gilbert")
+    loss: str = _f("none", "packet loss model", choices=LOSS_MODELS)
+    loss_prob: float = _f(0.0, "chunk loss probability (iid) or mean loss rate (gilbert)")
+    loss_burst: float = _f(3.0, "mean burst length in chunks for --loss gilbert")
+    loss_policy: str = _f("retransmit", "what happens to lost chunks", choices=LOSS_POLICIES)
+    chunk_size: int = _f(65536, "payload chunk size in bytes on the (simulated) wire")
+    # engine
+    workers: int = _f(0, "Ray worker actors for simulation (0 = one per CPU core)")
+    ray_address: str = _f("", "attach to an existing Ray cluster (auto or HOST:PORT); empty = local")
+    progress: bool = _f(True, "show a progress bar")
+
+    def validate(self) -> "RunConfig":
+        check_int("seed", self.seed, 0)
+        check_int("rounds", self.rounds, 1)
+        check_int("eval_every", self.eval_every, 1)
+        check_choice("dataset", self.dataset, DATASETS)
+        if self.dataset in ("mnist", "fashion-mnist", "cifar10", "npz"):
+            if not self.data_path or not Path(self.data_path).exists():
+                raise ConfigError("data_path", f"dataset {self.dataset} needs --data-path to existing files "
+                                  f"(got {self.data_path!r})")
+        check_int("clients", self.clients, 1)
+        check_choice("partition", self.partition, PARTITIONS)
+        check_float("alpha", self.alpha, 0.0, lo_open=True)
+        check_int("shards_per_client", self.shards_per_client, 1)
+        check_float("synthetic_alpha", self.synthetic_alpha, 0.0)
+        check_float("synthetic_beta", self.synthetic_beta, 0.0)
+        check_model("model", self.model)
+        if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ConfigError("hidden", f"bad hidden sizes {self.hidden!r}", "a list of positive integers, e.g. 64,64")
+        check_int("per_round", self.per_round, 1)
+        if self.per_round > self.clients:
+            raise ConfigError("per_round", f"{self.per_round} exceeds clients={self.clients}", f"1..{self.clients}")
+        check_int("local_epochs", self.local_epochs, 1)
+        check_int("batch_size", self.batch_size, 1)
+        check_float("lr", self.lr, 0.0, lo_open=True)
+        check_float("momentum", self.momentum, 0.0, 1.0, hi_open=True)
+        check_float("weight_decay", self.weight_decay, 0.0)
+        check_choice("strategy", self.strategy, STRATEGIES)
+        check_float("server_lr", self.server_lr, 0.0, lo_open=True)
+        check_float("server_momentum", self.server_momentum, 0.0, 1.0, hi_open=True)
+        check_codec("codec", self.codec)
+        check_choice("feedback", self.feedback, FEEDBACK)
+        check_float("feedback_coeff", self.feedback_coeff, 0.0, 1.0)
+        check_float("overcommit", self.overcommit, 1.0)
+        check_float("deadline", self.deadline, 0.0)
+        check_choice("profile", self.profile, PROFILES)
+        check_float("compute_per_sample", self.compute_per_sample, 0.0)
+        check_float("bandwidth_mbps", self.bandwidth_mbps, 0.0, lo_open=True)
+        check_float("latency_ms", self.latency_ms, 0.0)
+        check_choice("stragglers", self.stragglers, STRAGGLER_MODELS)
+        check_prob("straggler_prob", self.straggler_prob)
+        check_float("straggler_slowdown", self.straggler_slowdown, 1.0)
+        check_float("straggler_burst", self.straggler_burst, 1.0)
+        check_choice("loss", self.loss, LOSS_MODELS)
+        check_prob("loss_prob", self.loss_prob)
+        if self.loss != "none" and self.loss_prob >= 1.0:
+            raise ConfigError("loss_prob", "1.0 loses every chunk", "[0, 1)")
+        check_float("loss_burst", self.loss_burst, 1.0)
+        check_choice("loss_policy", self.loss_policy, LOSS_POLICIES)
+        check_int("chunk_size", self.chunk_size, 64, 64 * 1024 * 1024)
+        if self.profile == "trace" or self.stragglers == "trace":
+            check_file("trace", self.trace)
+        check_int("workers", self.workers, 0)
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    @property
+    def selected_per_round(self) -> int:
+        """Clients selected per round under over-commitment, capped at the fleet size."""
+        return min(self.clients, math.ceil(self.per_round * self.overcommit - 1e-9))
+
+
+# -- loading ---------------------------------------------------------------------------------
+def read_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a TOML or YAML config file into a flat dict (tables are flattened)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("config", f"cannot read config file {str(p)!r}", "an existing .toml, .yaml or .yml file")
+    try:
+        if p.suffix == ".toml":
+            data = tomllib.loads(p.read_text())
+        elif p.suffix in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(p.read_text()) or {}
+        else:
+            raise ConfigError("config", f"unknown config file type {p.suffix!r}", ".toml, .yaml, .yml")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError("config", f"cannot parse {p}: {e}") from None
+    except Exception as e:  # yaml.YAMLError without importing yaml at module level
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError("config", f"cannot parse {p}: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("config", f"{p} must hold a table of settings")
+    flat: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict):  # [section] tables just group keys
+            flat.update(v)
+        else:
+            flat[k] = v
+    return {k.replace("-", "_"): v for k, v in flat.items()}
+
+
+def build(cls: type[T], values: dict[str, Any]) -> T:
+    """Instantiate `cls` from a dict, rejecting unknown keys and coercing simple types."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs = {}
+    for k, v in values.items():
+        if k not in fields:
+            raise ConfigError(k, "unknown setting", ", ".join(sorted(fields)))
+        kwargs[k] = _coerce(k, v, fields[k])
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    return validate() if validate else obj
+
+
+def load(cls: type[T], path: str | None = None, overrides: dict[str, Any] | None = None) -> T:
+    values = read_file(path) if path else {}
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return build(cls, values)
+
+
+def _coerce(name: str, v: Any, f: dataclasses.Field) -> Any:
+    kind = type(f.default) if f.default is not dataclasses.MISSING else list
+    if kind is list:
+        if isinstance(v, str):
+            try:
+                return [int(s) for s in v.split(",") if s.strip()]
+            except ValueError:
+                raise ConfigError(name, f"bad list {v!r}", "comma-separated integers, e.g. 64,64") from None
+        if not isinstance(v, (list, tuple)):
+            raise ConfigError(name, f"expected a list, got {v!r}")
+        return list(v)
+    if kind is bool:
+        if isinstance(v, bool):
+            return v
+        if isinstance(v, str) and v.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return v.lower() in ("true", "1", "yes")
+        raise ConfigError(name, f"expected true or false, got {v!r}")
+    if kind is float and isinstance(v, int) and not isinstance(v, bool):
+        return float(v)
+    if kind in (int, float) and isinstance(v, str):
+        try:
+            return kind(v)
+        except ValueError:
+            raise ConfigError(name, f"expected a number, got {v!r}") from None
+    if kind is str and not isinstance(v, str):
+        raise ConfigError(name, f"expected a string, got {v!r}")
+    return v
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[str] = ()) -> None:
+    """One flag per dataclass field (`per_round` -> `--per-round`), default None so files apply."""
+    parser.add_argument("--config", metavar="FILE", help="TOML or YAML config file; flags override it")
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_ = f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{help_} (default: {default})")
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
+                                help=f"{help_} (default: {default})", **({"type": str}))
+
+
+def from_args(cls: type[T], args: argparse.Namespace) -> T:
+    overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return load(cls, getattr(args, "config", None), overrides)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+__all__ = ["RunConfig", "load", "build", "read_file", "add_arguments", "from_args", "to_dict", "check_int",
+           "check_float", "check_prob", "check_choice", "check_file", "check_codec", "check_model", "ConfigError"]
