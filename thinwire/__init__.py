@@ -1,0 +1,15 @@
+"""thinwire: communication-efficient distributed and federated training over real wires."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def simulate(cfg=None, **overrides):
+    """Run a simulation from a RunConfig (or keyword settings) and return its RunResult."""
+    from .config import RunConfig, build, to_dict
+    from .sim.engine import simulate as _simulate
+
+    values = to_dict(cfg) if cfg is not None else {}
+    resume = overrides.pop("resume", False)
+    values.update(overrides)
+    return _simulate(build(RunConfig, values), resume=resume)

@@ -142,9 +142,11 @@ class RunConfig:
     # round driver
     overcommit: float = _f(1.0, "select ceil(per_round * overcommit) clients, aggregate the first per_round")
     deadline: float = _f(0.0, "round deadline in (virtual) seconds; 0 = wait for per_round clients")
+    min_clients: int = _f(1, "rounds closing with fewer accepted updates leave the model unchanged")
     # fault and network model
     profile: str = _f("uniform", "client speed/bandwidth profile", choices=PROFILES)
-    trace: str = _f("", "CSV trace for --profile trace or --stragglers trace")
+    trace: str = _f("", "CSV trace client_id,speed,up_mbps,down_mbps,latency_ms for --profile trace")
+    straggler_trace: str = _f("", "CSV trace client_id,round,slowdown for --stragglers trace")
     compute_per_sample: float = _f(0.002, "seconds of compute per training sample for a speed-1 client")
     bandwidth_mbps: float = _f(10.0, "median uplink bandwidth in Mbit/s (downlink is 4x)")
     latency_ms: float = _f(50.0, "median one-way latency in ms")
@@ -196,6 +198,10 @@ class RunConfig:
         check_float("feedback_coeff", self.feedback_coeff, 0.0, 1.0)
         check_float("overcommit", self.overcommit, 1.0)
         check_float("deadline", self.deadline, 0.0)
+        check_int("min_clients", self.min_clients, 1)
+        if self.min_clients > self.per_round:
+            raise ConfigError("min_clients", f"{self.min_clients} exceeds per_round={self.per_round}",
+                              f"1..{self.per_round}")
         check_choice("profile", self.profile, PROFILES)
         check_float("compute_per_sample", self.compute_per_sample, 0.0)
         check_float("bandwidth_mbps", self.bandwidth_mbps, 0.0, lo_open=True)
@@ -211,8 +217,10 @@ class RunConfig:
         check_float("loss_burst", self.loss_burst, 1.0)
         check_choice("loss_policy", self.loss_policy, LOSS_POLICIES)
         check_int("chunk_size", self.chunk_size, 64, 64 * 1024 * 1024)
-        if self.profile == "trace" or self.stragglers == "trace":
+        if self.profile == "trace":
             check_file("trace", self.trace)
+        if self.stragglers == "trace":
+            check_file("straggler_trace", self.straggler_trace)
         check_int("workers", self.workers, 0)
         return self
 

@@ -1,0 +1,1 @@
+"""Simulation engine: a Ray actor pool running many virtual clients against a virtual clock."""

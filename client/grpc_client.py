@@ -1,0 +1,143 @@
+"""A client's connection to the parameter server: retries with backoff, chunked push and download.
+
+Transient failures (server restarting, connection refused) are retried with exponential backoff and
+full jitter up to `max_wait` seconds in total; after that `ServerUnavailable` says which server
+never answered. Protocol refusals (INVALID_ARGUMENT, FAILED_PRECONDITION, ...) are not retried
+here: the caller decides.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import socket
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from thinwire.errors import UserError
+from thinwire.protos import thinwire_pb2 as pb2
+from thinwire.protos import thinwire_pb2_grpc as pb2_grpc
+from thinwire.security import ClientSecurity, open_channel
+from thinwire.transport import (ByteCounter, Link, channel_options, crc32, receive_model, sha256, split,
+                                update_messages)
+
+log = logging.getLogger("thinwire.client")
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED)
+MAX_RETRANSMITS = 64
+
+
+class ServerUnavailable(UserError):
+    """The server did not answer within the client's total retry budget."""
+
+
+@dataclass
+class Backoff:
+    initial: float = 0.2
+    maximum: float = 5.0
+    max_wait: float = 60.0
+
+    def delays(self):
+        """Full-jitter exponential delays until `max_wait` seconds have been spent."""
+        spent, step = 0.0, self.initial
+        while spent < self.max_wait:
+            d = min(random.uniform(0, step), self.max_wait - spent)
+            spent += d
+            yield d
+            step = min(self.maximum, step * 2)
+
+
+class Connection:
+    """One gRPC channel shared by all virtual clients of a process."""
+
+    def __init__(self, target: str, security: ClientSecurity, *, chunk_size: int = 1 << 20,
+                 backoff: Backoff | None = None, rpc_timeout: float = 30.0) -> None:
+        self.target = target
+        self.security = security
+        self.backoff = backoff or Backoff()
+        self.rpc_timeout = rpc_timeout
+        self.up, self.down = ByteCounter(), ByteCounter()
+        self._open(chunk_size)
+
+    def _open(self, chunk_size: int) -> None:
+        self.chunk_size = chunk_size
+        # The limit covers any chunk size the server may announce (up to 4 MiB).
+        self.channel = open_channel(self.target, self.security, channel_options(max(chunk_size, 4 << 20)))
+        self.stub = pb2_grpc.ParameterServerStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    # -- retries --------------------------------------------------------------------------------
+    def call(self, name: str, request, client_id: int, *, timeout: float | None = None):
+        """Unary call with backoff on transient errors."""
+        fn = getattr(self.stub, name)
+        last: grpc.RpcError | None = None
+        for delay in self.backoff.delays():
+            try:
+                return fn(request, timeout=timeout or self.rpc_timeout, metadata=self.security.metadata(client_id))
+            except grpc.RpcError as e:
+                if e.code() not in RETRYABLE:
+                    raise
+                last = e
+                time.sleep(delay)
+        raise ServerUnavailable(f"server {self.target} did not answer for {self.backoff.max_wait:g} s "
+                                f"({last.code().name if last else 'no reply'}: {last.details() if last else ''}); "
+                                "is `thinwire server` running there?")
+
+    # -- protocol -------------------------------------------------------------------------------
+    def join(self, client_id: int):
+        reply = self.call("Join", pb2.JoinRequest(client_id=client_id, hostname=socket.gethostname(),
+                                                 pid=_pid(), version="1"), client_id)
+        return reply, json.loads(reply.config_json)
+
+    def leave(self, client_id: int, reason: str = "done") -> None:
+        try:
+            self.stub.Leave(pb2.LeaveRequest(client_id=client_id, reason=reason), timeout=5,
+                            metadata=self.security.metadata(client_id))
+        except grpc.RpcError:
+            pass                                # best effort: the heartbeat timeout covers it
+
+    def heartbeat(self, client_id: int, rnd: int = -1):
+        return self.stub.Heartbeat(pb2.HeartbeatRequest(client_id=client_id, round=rnd), timeout=5,
+                                   metadata=self.security.metadata(client_id))
+
+    def get_task(self, client_id: int):
+        return self.call("GetTask", pb2.TaskRequest(client_id=client_id), client_id)
+
+    def get_model(self, client_id: int, version: int = -1, codec: str = "", link: Link | None = None) -> tuple[int, bytearray]:
+        req = pb2.ModelRequest(client_id=client_id, model_version=version, codec=codec)
+        stream = self.stub.GetModel(req, timeout=self.rpc_timeout * 10, metadata=self.security.metadata(client_id))
+        ver, _, blob = receive_model(stream, self.down, link)
+        return ver, blob
+
+    def push(self, *, client_id: int, rnd: int, model_version: int, payload: bytes, header_size: int,
+             num_samples: int, train_loss: float, link: Link, chunk_size: int, metrics: dict | None = None) -> pb2.PushReply:
+        """Push one Encoded payload; resend what the server reports missing until it is accepted."""
+        body = memoryview(payload)[header_size:]
+        ranges = split(len(body), chunk_size)
+        header = pb2.PushHeader(model_version=model_version, encoded_header=bytes(payload[:header_size]),
+                                body_size=len(body), chunk_size=chunk_size, num_chunks=len(ranges),
+                                body_sha256=sha256(body), num_samples=num_samples, train_loss=train_loss,
+                                metrics=metrics or {})
+        hdr = json.loads(bytes(payload[8:header_size]))
+        header.codec = str(hdr.get("codec", ""))
+        header.codec_params_json = json.dumps(hdr.get("params", {}))
+        seqs = list(range(len(ranges)))
+        for attempt in range(MAX_RETRANSMITS + 1):
+            msgs = update_messages(pb2, rnd=rnd, client_id=client_id, header=header, body=body, ranges=ranges,
+                                   seqs=seqs, link=link, attempt=attempt, counter=self.up)
+            reply = self.stub.PushUpdate(msgs, timeout=self.rpc_timeout * 10, metadata=self.security.metadata(client_id))
+            if reply.result != pb2.PushReply.INCOMPLETE:
+                return reply
+            seqs = list(reply.missing)
+        raise RuntimeError(f"client {client_id}: update still incomplete after {MAX_RETRANSMITS} retransmissions")
+
+
+def _pid() -> int:
+    import os
+    return os.getpid()
+
+
+__all__ = ["Connection", "Backoff", "ServerUnavailable", "RETRYABLE", "crc32"]

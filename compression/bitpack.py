@@ -1,0 +1,82 @@
+"""Pack b-bit codes (b in 1..8) into a contiguous little-endian bit stream, vectorised.
+
+Layout: code i occupies stream bits [b*i, b*i + b), least significant bit first, and stream bit k
+is bit (k mod 8) of byte k // 8. Every group of 8 codes fills exactly b bytes. Because codes are
+laid out in index order, a lost byte range [s, e) loses exactly the codes in `lost_codes(s, e, b)`,
+a contiguous index range; with an 8-per-byte bit-plane layout the same loss would cost b times
+more coordinates. Works on CPU and CUDA tensors (int32/int64 words, no Python loop over codes).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def check_bits(bits: int) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+        raise ValueError(f"bits: got {bits!r}; allowed: an integer 1..8")
+    return bits
+
+
+def packed_size(count: int, bits: int) -> int:
+    """Bytes used by `count` codes of `bits` bits: ceil(count * bits / 8)."""
+    return (count * check_bits(bits) + 7) // 8
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 tensor of `packed_size(len(codes), bits)` bytes; codes must be in [0, 2**bits)."""
+    bits = check_bits(bits)
+    codes = codes.reshape(-1)
+    n = codes.numel()
+    if bits == 8:
+        return codes.to(torch.uint8)
+    groups = (n + 7) // 8
+    wide = torch.int32 if bits <= 4 else torch.int64
+    c = torch.zeros(groups * 8, dtype=wide, device=codes.device)
+    c[:n] = codes
+    c = c.view(groups, 8)
+    word = c[:, 0].clone()
+    for j in range(1, 8):  # 8 lanes, each vectorised over all groups
+        word |= c[:, j] << (bits * j)
+    shifts = torch.arange(0, 8 * bits, 8, dtype=wide, device=codes.device)
+    out = ((word.unsqueeze(1) >> shifts) & 0xFF).to(torch.uint8).view(-1)
+    return out[:packed_size(n, bits)]
+
+
+def unpack(data: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    """Inverse of `pack`: `count` codes as a uint8 tensor (on data's device)."""
+    bits = check_bits(bits)
+    if data.numel() < packed_size(count, bits):
+        raise ValueError(f"data: {data.numel()} bytes cannot hold {count} codes of {bits} bits")
+    data = data.reshape(-1).to(torch.uint8)
+    if bits == 8:
+        return data[:count].clone()
+    groups = (count + 7) // 8
+    wide = torch.int32 if bits <= 4 else torch.int64
+    b = torch.zeros(groups * bits, dtype=wide, device=data.device)
+    used = min(data.numel(), groups * bits)
+    b[:used] = data[:used]
+    b = b.view(groups, bits)
+    word = b[:, 0].clone()
+    for k in range(1, bits):
+        word |= b[:, k] << (8 * k)
+    shifts = torch.arange(0, 8 * bits, bits, dtype=wide, device=data.device)
+    codes = ((word.unsqueeze(1) >> shifts) & ((1 << bits) - 1)).to(torch.uint8).view(-1)
+    return codes[:count]
+
+
+def lost_codes(start: int, end: int, bits: int) -> tuple[int, int]:
+    """Code index range [first, last) touched by the lost byte range [start, end)."""
+    bits = check_bits(bits)
+    if end <= start:
+        return (0, 0)
+    return (8 * start) // bits, (8 * end - 1) // bits + 1
+
+
+def received_mask(count: int, bits: int, holes: list[tuple[int, int]],
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """Bool mask over `count` codes: False where a hole (byte range of this stream) touched the code."""
+    ok = torch.ones(count, dtype=torch.bool, device=device)
+    for s, e in holes:
+        a, b = lost_codes(s, e, bits)
+        ok[a:min(b, count)] = False
+    return ok

@@ -1,0 +1,116 @@
+"""Fast Walsh-Hadamard transform (normalized, Sylvester order) and the randomized rotation.
+
+H_D = H_2 (x) H_2 (x) ... (x) H_2, so the transform factors over any grouping of the log2(D) index
+bits. We apply it as a few small dense Hadamard matmuls (H_m with m <= 2^6) along successive bit
+groups: O(D log D) work with a BLAS-sized inner loop, far fewer passes over memory than log2(D)
+butterfly levels. Each group is processed in slabs and written back in place, so the extra memory
+is bounded (`_SLAB` elements) even for very large vectors. Computation is in float32.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from .base import Context
+
+_MAX_GROUP_BITS = 6          # H_64 blocks: 64 MACs per element per group
+_SLAB = 1 << 22              # elements processed per matmul (bounds the temporary)
+
+
+def next_pow2(d: int) -> int:
+    """2**ceil(log2 d); a power of two maps to itself."""
+    if d < 1:
+        raise ValueError(f"d: got {d}; allowed: a positive integer")
+    return 1 << (d - 1).bit_length()
+
+
+def is_pow2(d: int) -> bool:
+    return d >= 1 and d & (d - 1) == 0
+
+
+@functools.lru_cache(maxsize=32)
+def _hadamard_matrix(m: int, device: str) -> torch.Tensor:
+    """Unnormalized Sylvester H_m (entries +-1), float32."""
+    h = torch.ones(1, 1)
+    while h.shape[0] < m:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h.to(device)
+
+
+def _groups(n_bits: int) -> list[int]:
+    """Split n_bits into nearly equal groups of at most _MAX_GROUP_BITS bits."""
+    if n_bits == 0:
+        return []
+    k = math.ceil(n_bits / _MAX_GROUP_BITS)
+    base, extra = divmod(n_bits, k)
+    return [base + (1 if i < extra else 0) for i in range(k)]
+
+
+def fwht_(x: torch.Tensor) -> torch.Tensor:
+    """In place normalized WHT of a contiguous float32 tensor along its last dim (a power of two).
+
+    H is orthonormal and its own inverse, so the same call rotates and un-rotates.
+    """
+    D = x.shape[-1]
+    if not is_pow2(D):
+        raise ValueError(f"length: {D} is not a power of two; pad with next_pow2 first")
+    if x.dtype != torch.float32 or not x.is_contiguous():
+        raise ValueError("x: fwht_ needs a contiguous float32 tensor")
+    flat = x.view(-1)
+    total = flat.numel()
+    right = 1
+    for bits in _groups(D.bit_length() - 1):
+        m = 1 << bits
+        h = _hadamard_matrix(m, str(x.device))
+        view = flat.view(total // (m * right), m, right)  # axis 1 is the current bit group
+        rows = max(1, _SLAB // (m * right))
+        for s in range(0, view.shape[0], rows):
+            blk = view[s:s + rows]
+            if right == 1:
+                blk.copy_(torch.matmul(blk.view(-1, m), h).view_as(blk))  # h is symmetric
+            else:
+                blk.copy_(torch.matmul(h, blk))
+        right *= m
+    return flat.mul_(1.0 / math.sqrt(D)).view_as(x)
+
+
+def fwht(x: torch.Tensor) -> torch.Tensor:
+    """Out-of-place normalized WHT; pads the last dim with zeros to next_pow2 (float32 result)."""
+    D = next_pow2(x.shape[-1])
+    y = torch.zeros(*x.shape[:-1], D, dtype=torch.float32, device=x.device)
+    y[..., :x.shape[-1]] = x
+    return fwht_(y)
+
+
+def rademacher(n: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """n i.i.d. +-1 float32 signs from a CPU generator seeded with `seed` (identical on every host)."""
+    g = torch.Generator().manual_seed(seed)
+    nbytes = (n + 7) // 8
+    raw = torch.randint(0, 256, (nbytes,), generator=g, dtype=torch.uint8).to(device)
+    shifts = torch.arange(8, dtype=torch.uint8, device=device)
+    bits = (raw.unsqueeze(1) >> shifts).bitwise_and_(1).view(-1)[:n]
+    return 1.0 - 2.0 * bits.to(torch.float32)
+
+
+def rotation_seed(ctx: Context, tag: str = "rht") -> int:
+    """Seed of a randomized Hadamard rotation: per client unless ctx.shared."""
+    return ctx.derive_seed(tag)
+
+
+def rht(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """Randomized Hadamard rotation y = H (s * pad(x)); returns a new float32 vector of length next_pow2."""
+    d = x.numel()
+    D = next_pow2(d)
+    y = torch.zeros(D, dtype=torch.float32, device=x.device)
+    y[:d] = x.reshape(-1)
+    y.mul_(rademacher(D, seed, x.device))
+    return fwht_(y)
+
+
+def irht_(y: torch.Tensor, seed: int, d: int | None = None) -> torch.Tensor:
+    """Inverse rotation in place: x = s * (H y), truncated to the first d entries."""
+    fwht_(y)
+    y.mul_(rademacher(y.numel(), seed, y.device))
+    return y if d is None else y[:d]

@@ -1,0 +1,172 @@
+"""gRPC servicer: translates thinwire.v1 calls into ParameterServer operations.
+
+Every protocol violation becomes a gRPC status with a one-line message (INVALID_ARGUMENT,
+FAILED_PRECONDITION, RESOURCE_EXHAUSTED, ALREADY_EXISTS, DATA_LOSS, ...); the push's buffer is
+dropped and the server's state is left as it was, so one bad client never disturbs a round.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from concurrent import futures
+
+import grpc
+
+from thinwire.protos import thinwire_pb2 as pb2
+from thinwire.protos import thinwire_pb2_grpc as pb2_grpc
+from thinwire.security import Authenticator, ServerSecurity, check_identity
+from thinwire.transport import MAX_CHUNK_SIZE, WireError, model_messages, server_options, wire_size
+
+from .app import ParameterServer
+
+log = logging.getLogger("thinwire.server")
+
+
+def _abort(context, err: WireError) -> None:
+    context.abort(getattr(grpc.StatusCode, err.code), str(err))
+
+
+class Servicer(pb2_grpc.ParameterServerServicer):
+    def __init__(self, ps: ParameterServer, auth: Authenticator | None = None) -> None:
+        self.ps = ps
+        self.auth = auth or Authenticator()
+
+    def _who(self, context, cid: int) -> None:
+        check_identity(self.auth, context, cid)
+        try:
+            self.ps.check_client(cid)
+        except WireError as e:
+            _abort(context, e)
+
+    def Join(self, request, context):
+        self._who(context, request.client_id)
+        self.ps.join(request.client_id, request.hostname)
+        o = self.ps.opts
+        return pb2.JoinReply(run_name=self.ps.cfg.name, config_json=self.ps.config_json(),
+                             heartbeat_interval_s=o.heartbeat_interval, chunk_size=self.ps.cfg.chunk_size,
+                             max_update_bytes=self.ps.max_update_bytes,
+                             max_message_bytes=server_options(self.ps.cfg.chunk_size)[0][1],
+                             emulate_network=o.emulate, current_round=self.ps.current_round, time_scale=o.time_scale)
+
+    def Leave(self, request, context):
+        self._who(context, request.client_id)
+        self.ps.leave(request.client_id)
+        return pb2.LeaveReply()
+
+    def Heartbeat(self, request, context):
+        self._who(context, request.client_id)
+        known = self.ps.touch(request.client_id)
+        return pb2.HeartbeatReply(round=self.ps.current_round, known=known, finished=self.ps.finished)
+
+    def GetTask(self, request, context):
+        cid = request.client_id
+        self._who(context, cid)
+        if not self.ps.touch(cid):
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"client {cid} has not joined; call Join first")
+        action, info = self.ps.task_for(cid)
+        if action == "finished":
+            return pb2.TaskReply(action=pb2.TaskReply.FINISHED, reason="run finished")
+        if action == "wait":
+            return pb2.TaskReply(action=pb2.TaskReply.WAIT, retry_after_s=min(0.5, self.ps.opts.heartbeat_interval),
+                                 reason=info, round=self.ps.current_round)
+        rs, task, left = info
+        return pb2.TaskReply(action=pb2.TaskReply.TRAIN, round=rs.round, model_version=self.ps.rounds_done,
+                             codec=task.codec, seed=task.seed, task_json=json.dumps(task.to_dict()),
+                             model_numel=self.ps.numel, deadline_s=left)
+
+    def GetModel(self, request, context):
+        self._who(context, request.client_id)
+        try:
+            blob, hsize, sha = self.ps.model_blob(request.model_version, request.codec)
+        except WireError as e:
+            _abort(context, e)
+        version = self.ps.rounds_done
+        yield from model_messages(pb2, version=version, rnd=version, blob=blob, header_size=hsize,
+                                  chunk_size=self.ps.cfg.chunk_size, sha=sha, counter=self.ps.down)
+
+    def PushUpdate(self, request_iterator, context):
+        ps = self.ps
+        key = None
+        wire = payload = retrans = 0
+        try:
+            first = next(request_iterator, None)
+            if first is None:
+                raise WireError("INVALID_ARGUMENT", "empty push: the first message must carry the header")
+            wire += wire_size(first)
+            ps.up.add(wire_size(first), len(first.header.encoded_header))
+            payload += len(first.header.encoded_header)
+            check_identity(self.auth, context, first.client_id)
+            if not first.HasField("header"):
+                raise WireError("INVALID_ARGUMENT", "the first message of a push must carry the PushHeader")
+            if len(first.payload):
+                raise WireError("INVALID_ARGUMENT", "the header message must not carry body bytes")
+            ps.touch(first.client_id)
+            header = first.header
+            ra = ps.begin_push(first.round, first.client_id, header)
+            key = (first.round, first.client_id)
+            for msg in request_iterator:
+                n = wire_size(msg)
+                wire += n
+                payload += len(msg.payload)
+                ps.up.add(n, len(msg.payload))
+                if msg.round != first.round or msg.client_id != first.client_id:
+                    raise WireError("INVALID_ARGUMENT", f"chunk for (round {msg.round}, client {msg.client_id}) "
+                                    f"inside a push for (round {first.round}, client {first.client_id})")
+                if msg.HasField("header"):
+                    raise WireError("INVALID_ARGUMENT", "only the first message of a push may carry a header")
+                if ra.add(msg.seq, msg.offset, msg.payload, msg.crc32) and header.attempt > 0:
+                    retrans += 1
+            result, missing, holes = ps.finish_push(key, ra, header, retrans)
+            key = None
+        except WireError as e:
+            if key is not None:
+                ps.abort_push(key)
+            elif e.code != "ALREADY_EXISTS":
+                with ps.lock:
+                    ps.rejected += 1
+            log.info("push refused (%s): %s", e.code, e)
+            _abort(context, e)
+        except Exception:
+            if key is not None:
+                ps.abort_push(key)
+            raise
+        code = {"accepted": pb2.PushReply.ACCEPTED, "incomplete": pb2.PushReply.INCOMPLETE,
+                "late": pb2.PushReply.LATE}[result]
+        msg = {"accepted": "update accepted", "late": "round already has its updates; update not used",
+               "incomplete": f"{len(missing)} chunks missing; resend them"}[result]
+        return pb2.PushReply(result=code, missing=missing, message=msg, payload_bytes=payload, wire_bytes=wire,
+                             holes=holes)
+
+    def Status(self, request, context):
+        s = self.ps.status()
+        return pb2.StatusReply(**s)
+
+
+def bind(server: grpc.Server, host: str, port: int, security: ServerSecurity) -> int:
+    addr = f"{host}:{port}"
+    bound = (server.add_secure_port(addr, security.credentials) if security.credentials is not None
+             else server.add_insecure_port(addr))
+    return bound
+
+
+def start_grpc(ps: ParameterServer, security: ServerSecurity) -> tuple[grpc.Server, int]:
+    """Start the gRPC server on opts.host:opts.port (0 = any free port); returns (server, port)."""
+    from thinwire.errors import UserError
+
+    opts = server_options(max(ps.cfg.chunk_size, 1))
+    if ps.cfg.chunk_size > MAX_CHUNK_SIZE:
+        raise UserError(f"chunk_size: {ps.cfg.chunk_size} exceeds the wire limit of {MAX_CHUNK_SIZE} bytes")
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=ps.opts.threads, thread_name_prefix="tw-rpc"),
+                         interceptors=security.interceptors, options=opts)
+    pb2_grpc.add_ParameterServerServicer_to_server(Servicer(ps, security.auth), server)
+    try:
+        port = bind(server, ps.opts.host, ps.opts.port, security)
+    except RuntimeError as e:
+        raise UserError(f"port: cannot listen on {ps.opts.host}:{ps.opts.port} ({e})") from None
+    if port == 0:
+        raise UserError(f"port: cannot listen on {ps.opts.host}:{ps.opts.port} (in use or not allowed)")
+    server.start()
+    log.info("serving %s on %s:%d (%s) on host %s", ps.cfg.name, ps.opts.host, port, security.scheme,
+             socket.gethostname())
+    return server, port

@@ -1,0 +1,63 @@
+"""Round driver: over-commit selection, first-K acceptance, deadline, wall-clock admission."""
+import pytest
+
+from thinwire.server.driver import RoundPolicy
+from thinwire.server.strategy import FedAvg
+
+import torch
+
+
+def test_overcommit_selects_ceil_and_is_seeded():
+    p = RoundPolicy(clients=100, per_round=10, overcommit=1.3, seed=1)
+    s = p.select(0)
+    assert len(s) == 13 and len(set(s)) == 13 and all(0 <= c < 100 for c in s)
+    assert s == RoundPolicy(clients=100, per_round=10, overcommit=1.3, seed=1).select(0)
+    assert s != p.select(1)
+    assert len(RoundPolicy(clients=12, per_round=10, overcommit=1.5).select(0)) == 12
+    assert set(p.select(0, candidates=[3, 5, 7])) == {3, 5, 7}
+
+
+def test_first_k_finishers_are_accepted_round_closes_at_kth():
+    p = RoundPolicy(clients=10, per_round=3, overcommit=2)
+    out = p.close_by_times({1: 5.0, 2: 1.0, 3: 3.0, 4: 2.0, 5: 9.0, 6: 4.0})
+    assert out.accepted == [2, 4, 3] and sorted(out.late) == [1, 5, 6]
+    assert out.round_time == 3.0
+
+
+def test_deadline_drops_late_clients_and_closes_at_deadline():
+    p = RoundPolicy(clients=10, per_round=4, deadline=2.5)
+    out = p.close_by_times({0: 1.0, 1: 2.0, 2: 2.6, 3: 10.0})
+    assert out.accepted == [0, 1] and out.late == [2, 3] and out.round_time == 2.5
+    none = p.close_by_times({0: 3.0})
+    assert none.accepted == [] and none.round_time == 2.5
+    no_deadline = RoundPolicy(clients=10, per_round=4).close_by_times({0: 1.0, 1: 7.0})
+    assert no_deadline.round_time == 7.0
+
+
+def test_wall_clock_admission_matches_policy():
+    p = RoundPolicy(clients=10, per_round=2, deadline=5.0, min_clients=2)
+    assert p.admit(0, 1.0) and p.admit(1, 5.0)
+    assert not p.admit(2, 1.0) and not p.admit(0, 5.1)
+    assert p.should_close(2, 3, 1.0) and p.should_close(0, 3, 5.0) and p.should_close(1, 0, 1.0)
+    assert not p.should_close(1, 2, 4.0)
+    assert not p.enough(1) and p.enough(2)
+
+
+def test_fedavg_is_sample_weighted_with_server_lr_and_momentum():
+    g = torch.zeros(3)
+    s = FedAvg(server_lr=0.5, server_momentum=0.9)
+    s.begin_round(0, g)
+    s.accumulate(0, torch.tensor([1.0, 0, 0]), 1)
+    s.accumulate(1, torch.tensor([0, 4.0, 0]), 3)
+    new, m = s.finalize()
+    avg = torch.tensor([0.25, 3.0, 0])
+    assert torch.allclose(new, 0.5 * avg) and m["aggregated"] == 2
+    s.begin_round(1, new)
+    s.accumulate(0, avg, 1)
+    new2, _ = s.finalize()
+    assert torch.allclose(new2, new + 0.5 * (0.9 * avg + avg))
+    s.begin_round(2, new2)
+    with pytest.raises(ValueError, match="shape"):
+        s.accumulate(0, torch.zeros(4), 1)
+    same, m = s.finalize()
+    assert torch.equal(same, new2) and m["aggregated"] == 0

@@ -1,0 +1,36 @@
+"""`thinwire bench NAME`: benchmarks measured as side-by-side ratios in one run.
+
+Each benchmark is a module here exposing `add_arguments(parser)` and `run(args) -> int`; results
+are printed as a table, written as JSON with --json, and recorded by hand in docs/BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHES: dict[str, tuple[str, str]] = {
+    "sim": ("thinwire.bench.sim", "thinwire simulation vs Flower run_simulation, same workload"),
+    "compression": ("thinwire.bench.compression", "NMSE, bits/coord, throughput and time-to-send per codec"),
+    "wire": ("thinwire.bench.wire", "gRPC ingest throughput, latency and server RSS vs a raw stream"),
+    "allreduce": ("thinwire.bench.allreduce", "sgd / ef / def / defa over gloo all-reduce"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", metavar="BENCH", parser_class=type(parser))
+    for name, (modname, helptext) in BENCHES.items():
+        p = sub.add_parser(name, help=helptext, description=helptext)
+        p.set_defaults(_bench_module=modname)
+        try:
+            importlib.import_module(modname).add_arguments(p)
+        except ModuleNotFoundError as e:
+            if not (e.name and modname.startswith(e.name)):
+                raise
+
+
+def run(args: argparse.Namespace) -> int:
+    modname = getattr(args, "_bench_module", None)
+    if not modname:
+        print("thinwire bench: choose one of: " + ", ".join(BENCHES))
+        return 2
+    return int(importlib.import_module(modname).run(args) or 0)

@@ -1,0 +1,359 @@
+"""The chunked wire shared by server and clients: chunking, checksums, byte accounting, and the
+fault-injecting link that applies the run's NetworkModel to a real gRPC stream.
+
+An `Encoded` payload travels as a header (prefix + JSON header, sent reliably in the first
+message) and a body cut into `chunk_ranges(body, chunk_size)`; each chunk carries its offset and
+crc32, the header a sha256 of the whole body. The same chunk ranges and the same seeded
+`NetworkModel.lost_chunks` masks as the simulator are used, so a real run loses exactly the
+chunks the simulator would have lost for the same seed.
+
+Byte counters count serialized gRPC messages (protobuf bytes + the 5-byte gRPC length prefix),
+split into payload (header + body bytes) and framing (everything else); HTTP/2 frame headers
+(9 bytes per DATA frame) and TLS records sit below gRPC and are not visible here.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from .faults import NetworkModel, chunk_ranges
+
+GRPC_FRAME = 5                       # compressed flag (1) + message length (4)
+MAX_CHUNK_SIZE = 4 * 1024 * 1024     # a chunk must stay far below gRPC's message limit
+DEFAULT_MAX_UPDATE = 1 << 30         # 1 GiB encoded update limit unless configured
+
+
+def crc32(data: bytes | memoryview) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def sha256(data: bytes | memoryview) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def message_limit(chunk_size: int) -> int:
+    """gRPC max message size for a link carrying `chunk_size` chunks: one chunk plus 1 MiB of room
+    for the header message (codec JSON) and protobuf framing."""
+    return int(chunk_size) + (1 << 20)
+
+
+def channel_options(chunk_size: int) -> list[tuple[str, int]]:
+    """Explicit gRPC limits for both ends (never rely on the 4 MiB default)."""
+    limit = message_limit(chunk_size)
+    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
+            ("grpc.keepalive_time_ms", 20000), ("grpc.keepalive_timeout_ms", 10000),
+            ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
+
+
+def server_options(chunk_size: int) -> list[tuple[str, int]]:
+    limit = message_limit(chunk_size)
+    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000), ("grpc.so_reuseport", 0)]
+
+
+class WireError(Exception):
+    """A chunk or payload that violates the protocol; `code` names the gRPC status to answer with."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- byte accounting ------------------------------------------------------------------------------
+@dataclass
+class ByteCounter:
+    """Thread-safe counters of what crossed one side of the socket."""
+
+    messages: int = 0
+    wire_bytes: int = 0          # serialized messages + gRPC length prefixes
+    payload_bytes: int = 0       # Encoded header + body bytes inside them
+    dropped_chunks: int = 0      # chunks the fault model lost (never sent)
+    dropped_bytes: int = 0
+    retransmitted_chunks: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, wire: int, payload: int) -> None:
+        with self._lock:
+            self.messages += 1
+            self.wire_bytes += wire
+            self.payload_bytes += payload
+
+    def drop(self, nbytes: int) -> None:
+        with self._lock:
+            self.dropped_chunks += 1
+            self.dropped_bytes += nbytes
+
+    def retransmit(self, n: int) -> None:
+        with self._lock:
+            self.retransmitted_chunks += n
+
+    @property
+    def framing_bytes(self) -> int:
+        return self.wire_bytes - self.payload_bytes
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {"messages": self.messages, "wire_bytes": self.wire_bytes, "payload_bytes": self.payload_bytes,
+                    "framing_bytes": self.wire_bytes - self.payload_bytes, "dropped_chunks": self.dropped_chunks,
+                    "dropped_bytes": self.dropped_bytes, "retransmitted_chunks": self.retransmitted_chunks}
+
+
+def wire_size(msg) -> int:
+    """Bytes a protobuf message occupies in the gRPC stream."""
+    return msg.ByteSize() + GRPC_FRAME
+
+
+# -- the emulated link ----------------------------------------------------------------------------
+class Link:
+    """One client's link under the run's NetworkModel, in wall time scaled by `time_scale`.
+
+    With `model=None` (emulation off) nothing is delayed or dropped: only the real network acts.
+    """
+
+    def __init__(self, model: NetworkModel | None, client_id: int, direction: str = "up",
+                 time_scale: float = 1.0, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.model, self.client_id, self.direction = model, int(client_id), direction
+        self.time_scale = float(time_scale)
+        self._sleep = sleep
+        if model is not None:
+            prof = model.profile(self.client_id)
+            self.bps = prof.up_bps if direction == "up" else prof.down_bps
+            self.latency_s = prof.latency_s
+        else:
+            self.bps, self.latency_s = math.inf, 0.0
+        self.delayed_s = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.model is not None
+
+    def wait(self, seconds: float) -> None:
+        s = seconds * self.time_scale
+        if self.model is not None and s > 0:
+            self.delayed_s += s
+            self._sleep(s)
+
+    def airtime(self, nbytes: int) -> None:
+        """Serialisation delay of `nbytes` at the link's bandwidth."""
+        if self.model is not None:
+            self.wait(nbytes * 8.0 / self.bps)
+
+    def latency(self, trips: int = 1) -> None:
+        self.wait(trips * self.latency_s)
+
+    def lost(self, rnd: int, n_chunks: int, attempt: int) -> np.ndarray:
+        if self.model is None:
+            return np.zeros(n_chunks, dtype=bool)
+        return self.model.lost_chunks(self.client_id, rnd, n_chunks, attempt, self.direction)
+
+
+# -- sending --------------------------------------------------------------------------------------
+def split(body_size: int, chunk_size: int) -> list[tuple[int, int]]:
+    return chunk_ranges(body_size, chunk_size)
+
+
+def update_messages(pb2, *, rnd: int, client_id: int, header, body: memoryview, ranges: Sequence[tuple[int, int]],
+                    seqs: Sequence[int], link: Link, attempt: int, counter: ByteCounter) -> Iterator:
+    """Yield one push: the header message (never dropped), then the chunks `seqs`.
+
+    Chunks the link loses on this attempt are not sent (their airtime is still spent, as on a
+    lossy radio); the server reports them missing and the caller decides to resend or not.
+    """
+    header.attempt = attempt
+    first = pb2.UpdateChunk(round=rnd, client_id=client_id, num_chunks=len(ranges), header=header)
+    if attempt == 0:
+        link.latency()
+    else:
+        link.latency(2)                     # the NACK round trip before a retransmission
+        counter.retransmit(len(seqs))
+    link.airtime(len(header.encoded_header))
+    counter.add(wire_size(first), len(header.encoded_header))
+    yield first
+    lost = link.lost(rnd, len(seqs), attempt)
+    for i, seq in enumerate(seqs):
+        a, b = ranges[seq]
+        link.airtime(b - a)
+        if lost[i] and b > a:
+            counter.drop(b - a)
+            continue
+        piece = bytes(body[a:b])
+        msg = pb2.UpdateChunk(round=rnd, client_id=client_id, seq=seq, num_chunks=len(ranges), offset=a,
+                              payload=piece, crc32=crc32(piece))
+        counter.add(wire_size(msg), b - a)
+        yield msg
+
+
+# -- receiving ------------------------------------------------------------------------------------
+class Reassembly:
+    """Server-side buffer of one (round, client) push: validates and places chunks, ignores replays.
+
+    The buffer holds the Encoded header followed by the body, so the finished payload is parsed
+    in place without another copy.
+    """
+
+    def __init__(self, header, *, max_update_bytes: int, max_chunk_size: int = MAX_CHUNK_SIZE) -> None:
+        hsize = len(header.encoded_header)
+        if hsize < 8:
+            raise WireError("INVALID_ARGUMENT", "push header: encoded_header is missing or truncated")
+        if header.chunk_size < 1 or header.chunk_size > max_chunk_size:
+            raise WireError("INVALID_ARGUMENT",
+                            f"push header: chunk_size {header.chunk_size} out of range 1..{max_chunk_size}")
+        total = hsize + header.body_size
+        if total > max_update_bytes:
+            raise WireError("RESOURCE_EXHAUSTED",
+                            f"update of {total} bytes exceeds the server limit of {max_update_bytes} bytes")
+        self.ranges = chunk_ranges(int(header.body_size), int(header.chunk_size))
+        if header.num_chunks != len(self.ranges):
+            raise WireError("INVALID_ARGUMENT", f"push header: num_chunks {header.num_chunks} does not match "
+                            f"body_size {header.body_size} / chunk_size {header.chunk_size} = {len(self.ranges)}")
+        if len(header.body_sha256) != 32:
+            raise WireError("INVALID_ARGUMENT", "push header: body_sha256 must be 32 bytes")
+        self.header_size = hsize
+        self.body_size = int(header.body_size)
+        self.chunk_size = int(header.chunk_size)
+        self.encoded_header = bytes(header.encoded_header)
+        self.sha = bytes(header.body_sha256)
+        self.buf = bytearray(total)
+        self.buf[:hsize] = header.encoded_header
+        self.have = np.zeros(len(self.ranges), dtype=bool)
+        if self.body_size == 0:
+            self.have[:] = True
+        self.nbytes = total
+
+    def same_header(self, header) -> bool:
+        return (bytes(header.encoded_header) == self.encoded_header and header.body_size == self.body_size
+                and header.chunk_size == self.chunk_size and bytes(header.body_sha256) == self.sha)
+
+    def add(self, seq: int, offset: int, payload: bytes, crc: int) -> bool:
+        """Place one chunk; False when it was a replay of a chunk already held."""
+        if seq >= len(self.ranges):
+            raise WireError("INVALID_ARGUMENT", f"chunk seq {seq} out of range 0..{len(self.ranges) - 1}")
+        a, b = self.ranges[seq]
+        if offset != a or len(payload) != b - a:
+            raise WireError("INVALID_ARGUMENT", f"chunk {seq}: offset/length {offset}+{len(payload)} do not match "
+                            f"the expected range [{a}, {b})")
+        if crc32(payload) != crc:
+            raise WireError("DATA_LOSS", f"chunk {seq}: crc32 mismatch (corrupted in transit)")
+        if self.have[seq]:
+            return False
+        h = self.header_size
+        self.buf[h + a:h + b] = payload
+        self.have[seq] = True
+        return True
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.have.all())
+
+    def missing(self) -> list[int]:
+        return [int(i) for i in np.flatnonzero(~self.have)]
+
+    def holes(self) -> list[tuple[int, int]]:
+        return [self.ranges[i] for i in self.missing()]
+
+    def verify(self) -> None:
+        if not self.complete:
+            return                           # a body with holes cannot match the digest
+        if sha256(memoryview(self.buf)[self.header_size:]) != self.sha:
+            raise WireError("DATA_LOSS", "update body sha256 mismatch (corrupted payload)")
+
+    def payload(self) -> memoryview:
+        return memoryview(self.buf)
+
+
+class BufferBudget:
+    """Caps the bytes held in reassembly buffers across all in-flight pushes (bounded memory)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = int(limit)
+        self.used = 0
+        self._cv = threading.Condition()
+
+    def acquire(self, nbytes: int, timeout: float) -> bool:
+        if nbytes > self.limit:
+            return False
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while self.used + nbytes > self.limit:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(left)
+            self.used += nbytes
+            return True
+
+    def release(self, nbytes: int) -> None:
+        with self._cv:
+            self.used = max(0, self.used - nbytes)
+            self._cv.notify_all()
+
+
+def model_messages(pb2, *, version: int, rnd: int, blob: bytes, header_size: int, chunk_size: int,
+                   sha: bytes, counter: ByteCounter | None = None) -> Iterator:
+    """Server-side: stream an encoded global model (header in the first message)."""
+    body = memoryview(blob)[header_size:]
+    ranges = chunk_ranges(len(body), chunk_size)
+    for seq, (a, b) in enumerate(ranges):
+        piece = bytes(body[a:b])
+        msg = pb2.ModelChunk(model_version=version, round=rnd, seq=seq, num_chunks=len(ranges), offset=a,
+                             payload=piece, crc32=crc32(piece))
+        payload = b - a
+        if seq == 0:
+            msg.encoded_header = bytes(blob[:header_size])
+            msg.body_size = len(body)
+            msg.body_sha256 = sha
+            payload += header_size
+        if counter is not None:
+            counter.add(wire_size(msg), payload)
+        yield msg
+
+
+def receive_model(stream, counter: ByteCounter | None = None, link: Link | None = None,
+                  max_bytes: int = DEFAULT_MAX_UPDATE) -> tuple[int, int, bytearray]:
+    """Client-side: reassemble a model stream into (version, round, Encoded bytes), checking every
+    chunk's crc32 and the body's sha256. Raises WireError on any inconsistency."""
+    buf: bytearray | None = None
+    hsize = 0
+    version = rnd = -1
+    seen = 0
+    sha = b""
+    if link is not None:
+        link.latency()
+    for msg in stream:
+        if counter is not None:
+            counter.add(wire_size(msg), len(msg.payload) + len(msg.encoded_header))
+        if link is not None:
+            link.airtime(len(msg.payload) + len(msg.encoded_header))
+        if buf is None:
+            if not msg.encoded_header or msg.seq != 0:
+                raise WireError("INVALID_ARGUMENT", "model stream: first message lacks the Encoded header")
+            hsize = len(msg.encoded_header)
+            if hsize + msg.body_size > max_bytes:
+                raise WireError("RESOURCE_EXHAUSTED", f"model of {hsize + msg.body_size} bytes exceeds {max_bytes}")
+            buf = bytearray(hsize + msg.body_size)
+            buf[:hsize] = msg.encoded_header
+            version, rnd, sha = msg.model_version, msg.round, bytes(msg.body_sha256)
+        if crc32(msg.payload) != msg.crc32:
+            raise WireError("DATA_LOSS", f"model chunk {msg.seq}: crc32 mismatch")
+        a = hsize + msg.offset
+        if a + len(msg.payload) > len(buf):
+            raise WireError("INVALID_ARGUMENT", f"model chunk {msg.seq} overruns the body")
+        buf[a:a + len(msg.payload)] = msg.payload
+        seen += len(msg.payload)
+    if buf is None:
+        raise WireError("INVALID_ARGUMENT", "model stream: empty")
+    if seen != len(buf) - hsize or sha256(memoryview(buf)[hsize:]) != sha:
+        raise WireError("DATA_LOSS", "model stream: body incomplete or sha256 mismatch")
+    return version, rnd, buf
+
+
+__all__ = ["GRPC_FRAME", "MAX_CHUNK_SIZE", "ByteCounter", "Link", "Reassembly", "BufferBudget", "WireError",
+           "crc32", "sha256", "wire_size", "split", "update_messages", "model_messages", "receive_model",
+           "channel_options", "server_options", "message_limit"]
