@@ -101,7 +101,11 @@ class Fleet:
         from thinwire.sim.worker import make_dataset
 
         torch.set_num_threads(self.opts.torch_threads)
-        self._join(self.opts.client_ids[0])
+        first = self.opts.client_ids[0]
+        self._join(first)
+        # Keep the first id alive while the data set loads (it may be selected meanwhile).
+        self.clients[first] = VirtualClient(first, torch.empty(0), torch.empty(0), joined=True)
+        threading.Thread(target=self._heartbeats, name="tw-heartbeat", daemon=True).start()
         cfg = self.cfg
         assert cfg is not None
         bad = [c for c in self.opts.client_ids if c >= cfg.clients]
@@ -111,9 +115,11 @@ class Fleet:
         self._data = data
         for cid in self.opts.client_ids:
             x, y = data.client_data(cid)
-            self.clients[cid] = VirtualClient(cid, x, y)
-        for cid in self.opts.client_ids:
-            self._join(cid)
+            if cid == first:
+                self.clients[cid].x, self.clients[cid].y = x, y
+            else:
+                self.clients[cid] = VirtualClient(cid, x, y)
+                self._join(cid)
         log.info("joined %s as clients %s (%s)", self.opts.server, self.opts.client_ids,
                  "emulated network" if self.net else "real network")
 
@@ -214,8 +220,6 @@ class Fleet:
     # -- main loop ------------------------------------------------------------------------------
     def run(self) -> FleetResult:
         self.setup()
-        hb = threading.Thread(target=self._heartbeats, name="tw-heartbeat", daemon=True)
-        hb.start()
         pool = futures.ThreadPoolExecutor(max_workers=self.opts.parallel, thread_name_prefix="tw-client")
         try:
             while not self.finished.is_set():

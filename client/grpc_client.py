@@ -52,8 +52,10 @@ class Connection:
     """One gRPC channel shared by all virtual clients of a process."""
 
     def __init__(self, target: str, security: ClientSecurity, *, chunk_size: int = 1 << 20,
-                 backoff: Backoff | None = None, rpc_timeout: float = 30.0) -> None:
+                 backoff: Backoff | None = None, rpc_timeout: float = 30.0,
+                 extra_options: list | None = None) -> None:
         self.target = target
+        self.extra_options = list(extra_options or [])
         self.security = security
         self.backoff = backoff or Backoff()
         self.rpc_timeout = rpc_timeout
@@ -63,8 +65,20 @@ class Connection:
     def _open(self, chunk_size: int) -> None:
         self.chunk_size = chunk_size
         # The limit covers any chunk size the server may announce (up to 4 MiB).
-        self.channel = open_channel(self.target, self.security, channel_options(max(chunk_size, 4 << 20)))
+        self.channel = open_channel(self.target, self.security,
+                                    channel_options(max(chunk_size, 4 << 20)) + self.extra_options)
         self.stub = pb2_grpc.ParameterServerStub(self.channel)
+        # Pushes and downloads go through counting (de)serializers: exact bytes, no re-encoding.
+        self._push = self.channel.stream_unary("/thinwire.v1.ParameterServer/PushUpdate", request_serializer=None,
+                                               response_deserializer=pb2.PushReply.FromString)
+
+        def model_in(data: bytes):
+            self.down.add_wire(len(data))
+            return pb2.ModelChunk.FromString(data)
+
+        self._model = self.channel.unary_stream("/thinwire.v1.ParameterServer/GetModel",
+                                                request_serializer=pb2.ModelRequest.SerializeToString,
+                                                response_deserializer=model_in)
 
     def close(self) -> None:
         self.channel.close()
@@ -108,18 +122,22 @@ class Connection:
 
     def get_model(self, client_id: int, version: int = -1, codec: str = "", link: Link | None = None) -> tuple[int, bytearray]:
         req = pb2.ModelRequest(client_id=client_id, model_version=version, codec=codec)
-        stream = self.stub.GetModel(req, timeout=self.rpc_timeout * 10, metadata=self.security.metadata(client_id))
+        stream = self._model(req, timeout=self.rpc_timeout * 10, metadata=self.security.metadata(client_id))
         ver, _, blob = receive_model(stream, self.down, link)
         return ver, blob
 
     def push(self, *, client_id: int, rnd: int, model_version: int, payload: bytes, header_size: int,
-             num_samples: int, train_loss: float, link: Link, chunk_size: int, metrics: dict | None = None) -> pb2.PushReply:
-        """Push one Encoded payload; resend what the server reports missing until it is accepted."""
+             num_samples: int, train_loss: float, link: Link, chunk_size: int, metrics: dict | None = None,
+             digest: bool = False) -> pb2.PushReply:
+        """Push one Encoded payload; resend what the server reports missing until it is accepted.
+
+        Every chunk carries a crc32; `digest` adds a sha256 of the whole body (an end-to-end check
+        that costs about as much again on both ends)."""
         body = memoryview(payload)[header_size:]
         ranges = split(len(body), chunk_size)
         header = pb2.PushHeader(model_version=model_version, encoded_header=bytes(payload[:header_size]),
                                 body_size=len(body), chunk_size=chunk_size, num_chunks=len(ranges),
-                                body_sha256=sha256(body), num_samples=num_samples, train_loss=train_loss,
+                                body_sha256=sha256(body) if digest else b"", num_samples=num_samples, train_loss=train_loss,
                                 metrics=metrics or {})
         hdr = json.loads(bytes(payload[8:header_size]))
         header.codec = str(hdr.get("codec", ""))
@@ -128,7 +146,7 @@ class Connection:
         for attempt in range(MAX_RETRANSMITS + 1):
             msgs = update_messages(pb2, rnd=rnd, client_id=client_id, header=header, body=body, ranges=ranges,
                                    seqs=seqs, link=link, attempt=attempt, counter=self.up)
-            reply = self.stub.PushUpdate(msgs, timeout=self.rpc_timeout * 10, metadata=self.security.metadata(client_id))
+            reply = self._push(msgs, timeout=self.rpc_timeout * 10, metadata=self.security.metadata(client_id))
             if reply.result != pb2.PushReply.INCOMPLETE:
                 return reply
             seqs = list(reply.missing)

@@ -117,12 +117,15 @@ if ! docker image inspect "$WHEEL_TAG" >/dev/null 2>&1; then
   if [[ ! -f $wheels/.complete ]]; then
     mkdir -p "$wheels"
     # Target the image's interpreter, not this machine's: CPython 3.11, glibc 2.36 (bookworm).
-    target=(--only-binary=:all: --implementation cp --python-version 3.11 --abi cp311
-            --platform manylinux_2_36_x86_64 --platform linux_x86_64)
+    # pip does not widen --platform to older manylinux levels by itself: list them all.
+    target=(--only-binary=:all: --implementation cp --python-version 3.11 --abi cp311)
+    for v in $(seq 36 -1 5); do target+=(--platform "manylinux_2_${v}_x86_64"); done
+    target+=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64
+             --platform manylinux1_x86_64 --platform linux_x86_64)
     pip_dl=("$PY" -m pip download --quiet --disable-pip-version-check -d "$wheels" "${target[@]}")
     if ls "$TORCH_WHEELS"/torch-"$TORCH_VERSION"+cpu-cp311-*.whl >/dev/null 2>&1; then
       say "torch $TORCH_VERSION (CPU) from $TORCH_WHEELS"
-      "${pip_dl[@]}" --find-links "$TORCH_WHEELS" "torch==$TORCH_VERSION+cpu" ||
+      "${pip_dl[@]}" --find-links "$TORCH_WHEELS" "torch==$TORCH_VERSION" ||
         fail "pip download torch failed"
     else
       say "torch $TORCH_VERSION (CPU) from the PyTorch CPU index"
@@ -130,8 +133,8 @@ if ! docker image inspect "$WHEEL_TAG" >/dev/null 2>&1; then
         --extra-index-url https://pypi.org/simple "torch==$TORCH_VERSION" || fail "pip download torch failed"
     fi
     say "downloading the pinned wheels into $wheels"
-    # shellcheck disable=SC2086
-    "${pip_dl[@]}" --find-links "$wheels" $reqs || fail "pip download failed"
+    printf '%s\n' "$reqs" >"$wheels/requirements.txt"
+    "${pip_dl[@]}" --find-links "$wheels" -r "$wheels/requirements.txt" || fail "pip download failed"
     touch "$wheels/.complete"
   fi
   say "building $WHEEL_TAG ($(du -sh "$wheels" | cut -f1) of wheels)"

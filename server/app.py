@@ -47,7 +47,7 @@ class ServeOptions:
     heartbeat_timeout: float = 5.0      # a client silent this long is gone (its round slot freed)
     join_wait: float = 30.0             # wait this long for ceil(K*overcommit) live clients, then take what is there
     max_update_bytes: int = 0           # 0 = 4 x the fp32 model + 1 MiB
-    buffer_budget: int = 0              # reassembly bytes across pushes in flight; 0 = max(64 MiB, 2 updates)
+    buffer_budget: int = 0              # reassembly bytes across pushes in flight; 0 = max(64 MiB, 2 fp32 models)
     push_wait: float = 60.0             # how long a push waits for buffer budget before UNAVAILABLE
     emulate: bool = False               # apply the run's fault model on every client link
     time_scale: float = 1.0             # multiplies emulated delays and the round deadline
@@ -76,6 +76,24 @@ class ClientInfo:
     last_seen: float
     hostname: str = ""
     left: bool = False
+
+
+def tune_malloc() -> None:
+    """Keep glibc from hoarding freed chunk buffers: a fixed mmap threshold (so every 1 MiB message
+    buffer goes back to the OS when freed) and few arenas for the many handler threads. Without it
+    the server's RSS grows with the number of concurrent streams instead of staying bounded."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(-3, 256 * 1024)        # M_MMAP_THRESHOLD
+        libc.mallopt(-8, 2)                 # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
 
 
 def parse_encoded_header(raw: bytes) -> dict[str, Any]:
@@ -118,9 +136,10 @@ class ParameterServer:
         self.holes_ok = cfg.loss_policy == "holes" and self.codec.supports_holes
         model_bytes = 4 * self.numel
         self.max_update_bytes = opts.max_update_bytes or 4 * model_bytes + (1 << 20)
-        self.budget = BufferBudget(opts.buffer_budget or max(64 << 20, 2 * self.max_update_bytes))
+        self.budget = BufferBudget(opts.buffer_budget or max(64 << 20, 2 * model_bytes))
         self.up, self.down = ByteCounter(), ByteCounter()
         self.lock = threading.RLock()
+        self.agg_lock = threading.Lock()             # taken before `lock`, never after it
         self.cv = threading.Condition(self.lock)
         self.clients: dict[int, ClientInfo] = {}
         self.partial: dict[tuple[int, int], Reassembly] = {}
@@ -377,19 +396,23 @@ class ParameterServer:
                 if update.numel() != self.numel:
                     raise WireError("INVALID_ARGUMENT", f"update decodes to {update.numel()} elements, the model "
                                     f"has {self.numel}")
-                if not bool(torch.isfinite(update).all()):
+                # float64 sum: cannot overflow for finite float32 input, NaN/Inf propagate; no mask copy
+                if not bool(torch.isfinite(update.sum(dtype=torch.float64))):
                     raise WireError("INVALID_ARGUMENT", "update contains NaN or Inf values")
-                with self.cv:
-                    rs = self.round_state
-                    if rs is None or rs.round != rnd or not rs.open or cid in rs.accepted or \
-                            not self.policy.admit(len(rs.accepted), self._elapsed(rs)):
-                        late = True
-                    else:
-                        metrics = {"train_loss": float(header.train_loss)}
-                        self.strategy.accumulate(cid, update, int(header.num_samples), metrics)
-                        rs.accepted.append(cid)
-                        rs.hole_chunks += len(holes)
-                        self.cv.notify_all()
+                # agg_lock serialises the strategy; the state lock is held only for bookkeeping so
+                # heartbeats and task requests are not stuck behind a model-size addition.
+                with self.agg_lock:
+                    with self.lock:
+                        rs = self.round_state
+                        late = (rs is None or rs.round != rnd or not rs.open or cid in rs.accepted or
+                                not self.policy.admit(len(rs.accepted), self._elapsed(rs)))
+                    if not late:
+                        self.strategy.accumulate(cid, update, int(header.num_samples),
+                                                 {"train_loss": float(header.train_loss)})
+                        with self.cv:
+                            rs.accepted.append(cid)
+                            rs.hole_chunks += len(holes)
+                            self.cv.notify_all()
                 del update
             if late:
                 self._record_late(rnd, cid)
@@ -470,14 +493,17 @@ class ParameterServer:
                 self.cv.wait(0.05)
             if self.stop_event.is_set():
                 return None
-            rs.open = False
-            round_time = time.monotonic() - rs.started
-            accepted = list(rs.accepted)
+        with self.agg_lock:                       # no accumulate in progress from here on
+            with self.cv:
+                rs.open = False
+                round_time = time.monotonic() - rs.started
+                accepted = list(rs.accepted)
             if self.policy.enough(len(accepted)):
                 new_vec, agg = self.strategy.finalize()
             else:
                 self.strategy.finalize()
                 new_vec, agg = self.global_vec, {"aggregated": 0, "skipped": True}
+        with self.cv:
             for key in [k for k in self.partial if k[0] == rnd and k not in self.busy]:
                 self._drop_partial(key)
         self.global_vec = new_vec.detach().float().reshape(-1)
@@ -552,4 +578,4 @@ def options_dict(opts: ServeOptions) -> dict[str, Any]:
     return asdict(opts)
 
 
-__all__ = ["ParameterServer", "ServeOptions", "RoundState", "parse_encoded_header", "ACCEPTED_LOG"]
+__all__ = ["ParameterServer", "ServeOptions", "RoundState", "parse_encoded_header", "tune_malloc", "ACCEPTED_LOG"]

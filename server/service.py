@@ -16,7 +16,7 @@ import grpc
 from thinwire.protos import thinwire_pb2 as pb2
 from thinwire.protos import thinwire_pb2_grpc as pb2_grpc
 from thinwire.security import Authenticator, ServerSecurity, check_identity
-from thinwire.transport import MAX_CHUNK_SIZE, WireError, model_messages, server_options, wire_size
+from thinwire.transport import GRPC_FRAME, MAX_CHUNK_SIZE, WireError, model_messages, server_options
 
 from .app import ParameterServer
 
@@ -86,16 +86,17 @@ class Servicer(pb2_grpc.ParameterServerServicer):
                                   chunk_size=self.ps.cfg.chunk_size, sha=sha, counter=self.ps.down)
 
     def PushUpdate(self, request_iterator, context):
+        """`request_iterator` yields (UpdateChunk, serialized size) pairs (see `add_to_server`)."""
         ps = self.ps
         key = None
         wire = payload = retrans = 0
         try:
-            first = next(request_iterator, None)
+            first, n = next(request_iterator, (None, 0))
             if first is None:
                 raise WireError("INVALID_ARGUMENT", "empty push: the first message must carry the header")
-            wire += wire_size(first)
-            ps.up.add(wire_size(first), len(first.header.encoded_header))
+            wire += n
             payload += len(first.header.encoded_header)
+            ps.up.add_payload(len(first.header.encoded_header))
             check_identity(self.auth, context, first.client_id)
             if not first.HasField("header"):
                 raise WireError("INVALID_ARGUMENT", "the first message of a push must carry the PushHeader")
@@ -105,11 +106,10 @@ class Servicer(pb2_grpc.ParameterServerServicer):
             header = first.header
             ra = ps.begin_push(first.round, first.client_id, header)
             key = (first.round, first.client_id)
-            for msg in request_iterator:
-                n = wire_size(msg)
+            for msg, n in request_iterator:
                 wire += n
                 payload += len(msg.payload)
-                ps.up.add(n, len(msg.payload))
+                ps.up.add_payload(len(msg.payload))
                 if msg.round != first.round or msg.client_id != first.client_id:
                     raise WireError("INVALID_ARGUMENT", f"chunk for (round {msg.round}, client {msg.client_id}) "
                                     f"inside a push for (round {first.round}, client {first.client_id})")
@@ -143,6 +143,38 @@ class Servicer(pb2_grpc.ParameterServerServicer):
         return pb2.StatusReply(**s)
 
 
+def add_to_server(servicer: Servicer, server: grpc.Server) -> None:
+    """Register the servicer with (de)serializers that count every message's exact wire size
+    without re-encoding it: pushes count what arrives, model downloads what leaves."""
+    ps = servicer.ps
+
+    def push_in(data: bytes):
+        ps.up.add_wire(len(data))
+        return pb2.UpdateChunk.FromString(data), len(data) + GRPC_FRAME
+
+    def model_out(msg) -> bytes:
+        data = msg.SerializeToString()
+        ps.down.add_wire(len(data))
+        return data
+
+    def unary(fn, req):
+        return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=req.FromString,
+                                                   response_serializer=lambda m: m.SerializeToString())
+
+    handlers = {
+        "Join": unary(servicer.Join, pb2.JoinRequest),
+        "Leave": unary(servicer.Leave, pb2.LeaveRequest),
+        "Heartbeat": unary(servicer.Heartbeat, pb2.HeartbeatRequest),
+        "GetTask": unary(servicer.GetTask, pb2.TaskRequest),
+        "Status": unary(servicer.Status, pb2.StatusRequest),
+        "PushUpdate": grpc.stream_unary_rpc_method_handler(servicer.PushUpdate, request_deserializer=push_in,
+                                                           response_serializer=lambda m: m.SerializeToString()),
+        "GetModel": grpc.unary_stream_rpc_method_handler(servicer.GetModel, request_deserializer=pb2.ModelRequest.FromString,
+                                                         response_serializer=model_out),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("thinwire.v1.ParameterServer", handlers),))
+
+
 def bind(server: grpc.Server, host: str, port: int, security: ServerSecurity) -> int:
     addr = f"{host}:{port}"
     bound = (server.add_secure_port(addr, security.credentials) if security.credentials is not None
@@ -159,7 +191,7 @@ def start_grpc(ps: ParameterServer, security: ServerSecurity) -> tuple[grpc.Serv
         raise UserError(f"chunk_size: {ps.cfg.chunk_size} exceeds the wire limit of {MAX_CHUNK_SIZE} bytes")
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=ps.opts.threads, thread_name_prefix="tw-rpc"),
                          interceptors=security.interceptors, options=opts)
-    pb2_grpc.add_ParameterServerServicer_to_server(Servicer(ps, security.auth), server)
+    add_to_server(Servicer(ps, security.auth), server)
     try:
         port = bind(server, ps.opts.host, ps.opts.port, security)
     except RuntimeError as e:
@@ -170,3 +202,27 @@ def start_grpc(ps: ParameterServer, security: ServerSecurity) -> tuple[grpc.Serv
     log.info("serving %s on %s:%d (%s) on host %s", ps.cfg.name, ps.opts.host, port, security.scheme,
              socket.gethostname())
     return server, port
+
+
+class ServerHandle:
+    """A served run in background threads of this process (Ray actor, tests, benchmarks)."""
+
+    def __init__(self, ps: ParameterServer, security: ServerSecurity) -> None:
+        import threading
+
+        self.ps = ps
+        self.server, self.port = start_grpc(ps, security)
+        self.thread = threading.Thread(target=ps.run_rounds, name="tw-rounds", daemon=True)
+        self.thread.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the run to finish; True when it did."""
+        self.thread.join(timeout)
+        return not self.thread.is_alive() and self.ps.finished
+
+    def stop(self) -> None:
+        self.ps.stop_event.set()
+        with self.ps.cv:
+            self.ps.cv.notify_all()
+        self.server.stop(grace=0.5).wait(5)
+        self.thread.join(10)

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from thinwire.compression.feedback import Memory, make_memory
 from thinwire.compression.randblock import Block, block_slices, gather, kept_count, scatter
 
 from .config import _f, check_choice, check_float, check_int, check_model
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -367,6 +368,9 @@ class CollectiveWorker:
         from .data import load_dataset
         from .models import build_model
 
+        cwd = cfg_dict.pop("_driver_cwd", None)
+        if cwd and os.path.isdir(cwd) and cwd not in sys.path:
+            sys.path.insert(0, cwd)  # user model factories ("module:function") import as from the driver
         cfg = AllreduceConfig(**cfg_dict)
         self.cfg = cfg
         ds = load_dataset(cfg.dataset, cfg.data_path or None, seed=cfg.seed, standardize=cfg.standardize)
@@ -589,9 +593,19 @@ class WorkerGroup:
             self._owns_ray = False
 
     def call(self, method: str, *args: Any) -> list[Any]:
-        """Call a worker method on every rank (collectives need all of them) and wait."""
+        """Call a worker method on every rank (collectives need all of them) and wait.
+
+        A user error raised inside a worker (bad model factory, unreadable data) is re-raised as
+        itself, so the CLI prints one line instead of a remote traceback.
+        """
         import ray
-        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
+        try:
+            return ray.get([getattr(a, method).remote(*args) for a in self.actors])
+        except ray.exceptions.RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, UserError):
+                raise cause from None
+            raise
 
     def time_allreduce(self, numel: int, iters: int = 100) -> dict[str, float]:
         res = self.call("time_allreduce", int(numel), int(iters))
@@ -605,7 +619,7 @@ class WorkerGroup:
         if cfg.workers != self.workers:
             raise ConfigError("workers", f"{cfg.workers} differs from this group's {self.workers}",
                               str(self.workers))
-        info = self.call("configure", dataclasses.asdict(cfg))[0]
+        info = self.call("configure", {**dataclasses.asdict(cfg), "_driver_cwd": os.getcwd()})[0]
         total, spe = info["total_steps"], info["steps_per_epoch"]
         every = cfg.eval_every or spe
         run_dir = cfg.run_dir

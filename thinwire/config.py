@@ -120,6 +120,7 @@ class RunConfig:
     partition: str = _f("iid", "how data is split over clients", choices=PARTITIONS)
     alpha: float = _f(0.5, "Dirichlet concentration for --partition dirichlet")
     shards_per_client: int = _f(2, "shards per client for --partition shards")
+    standardize: bool = _f(False, "standardise features to zero mean / unit variance (train statistics)")
     synthetic_alpha: float = _f(1.0, "Synthetic(alpha, beta): model heterogeneity")
     synthetic_beta: float = _f(1.0, "Synthetic(alpha, beta): data heterogeneity")
     # model and local training
@@ -129,12 +130,13 @@ class RunConfig:
     local_epochs: int = _f(1, "local epochs per round")
     batch_size: int = _f(16, "local batch size")
     lr: float = _f(0.05, "client learning rate")
+    lr_decay: float = _f(1.0, "client learning rate is lr * lr_decay**round")
     momentum: float = _f(0.0, "client SGD momentum")
     weight_decay: float = _f(0.0, "client weight decay")
     # server
     strategy: str = _f("fedavg", "aggregation strategy", choices=STRATEGIES)
     server_lr: float = _f(1.0, "server learning rate applied to the aggregated update")
-    server_momentum: float = _f(0.0, "server momentum (FedAvgM)")
+    server_momentum: float = _f(0.9, "server momentum (FedAvgM; 0 = plain FedAvg). 0.9 keeps tiny non-IID clients moving")
     # compression
     codec: str = _f("identity", "update codec, e.g. identity, fp16, eden:bits=2, randblock:ratio=64")
     feedback: str = _f("none", "error feedback memory on clients", choices=FEEDBACK)
@@ -188,6 +190,7 @@ class RunConfig:
         check_int("local_epochs", self.local_epochs, 1)
         check_int("batch_size", self.batch_size, 1)
         check_float("lr", self.lr, 0.0, lo_open=True)
+        check_float("lr_decay", self.lr_decay, 0.0, 1.0, lo_open=True)
         check_float("momentum", self.momentum, 0.0, 1.0, hi_open=True)
         check_float("weight_decay", self.weight_decay, 0.0)
         check_choice("strategy", self.strategy, STRATEGIES)

@@ -36,7 +36,7 @@ class TaskSpec:
 
     @classmethod
     def from_config(cls, cfg, rnd: int, client_id: int, **overrides: Any) -> "TaskSpec":
-        t = cls(round=rnd, client_id=client_id, seed=cfg.seed, lr=cfg.lr, local_epochs=cfg.local_epochs,
+        t = cls(round=rnd, client_id=client_id, seed=cfg.seed, lr=cfg.lr * cfg.lr_decay ** rnd, local_epochs=cfg.local_epochs,
                 batch_size=cfg.batch_size, momentum=cfg.momentum, weight_decay=cfg.weight_decay, codec=cfg.codec,
                 feedback=cfg.feedback, feedback_coeff=cfg.feedback_coeff)
         for k, v in overrides.items():

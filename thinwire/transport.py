@@ -54,8 +54,10 @@ def channel_options(chunk_size: int) -> list[tuple[str, int]]:
 
 def server_options(chunk_size: int) -> list[tuple[str, int]]:
     limit = message_limit(chunk_size)
+    import os
+    extra = [("grpc.http2.bdp_probe", 0)] if os.environ.get("TW_NO_BDP") else []
     return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
-            ("grpc.http2.min_ping_interval_without_data_ms", 5000), ("grpc.so_reuseport", 0)]
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000), ("grpc.so_reuseport", 0)] + extra
 
 
 class WireError(Exception):
@@ -84,6 +86,16 @@ class ByteCounter:
             self.messages += 1
             self.wire_bytes += wire
             self.payload_bytes += payload
+
+    def add_wire(self, nbytes: int) -> None:
+        """One serialized message of `nbytes` crossed (the gRPC prefix is added here)."""
+        with self._lock:
+            self.messages += 1
+            self.wire_bytes += nbytes + GRPC_FRAME
+
+    def add_payload(self, nbytes: int) -> None:
+        with self._lock:
+            self.payload_bytes += nbytes
 
     def drop(self, nbytes: int) -> None:
         with self._lock:
@@ -159,22 +171,47 @@ def split(body_size: int, chunk_size: int) -> list[tuple[int, int]]:
     return chunk_ranges(body_size, chunk_size)
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+_PAYLOAD_TAG = bytes([(6 << 3) | 2])       # UpdateChunk.payload: field 6, length-delimited
+
+
+def chunk_bytes(pb2, rnd: int, client_id: int, seq: int, num_chunks: int, offset: int, piece: memoryview) -> bytes:
+    """A serialized UpdateChunk built with one copy of the payload (protobuf accepts fields in any
+    order, so the small fields are serialized normally and the payload field appended by hand)."""
+    head = pb2.UpdateChunk(round=rnd, client_id=client_id, seq=seq, num_chunks=num_chunks, offset=offset,
+                           crc32=crc32(piece)).SerializeToString()
+    return b"".join((head, _PAYLOAD_TAG, _varint(len(piece)), piece))
+
+
 def update_messages(pb2, *, rnd: int, client_id: int, header, body: memoryview, ranges: Sequence[tuple[int, int]],
-                    seqs: Sequence[int], link: Link, attempt: int, counter: ByteCounter) -> Iterator:
-    """Yield one push: the header message (never dropped), then the chunks `seqs`.
+                    seqs: Sequence[int], link: Link, attempt: int, counter: ByteCounter) -> Iterator[bytes]:
+    """Yield one push as serialized UpdateChunk messages: the header message (never dropped), then
+    the chunks `seqs`. Every yielded message is counted exactly (its length + the gRPC prefix).
 
     Chunks the link loses on this attempt are not sent (their airtime is still spent, as on a
     lossy radio); the server reports them missing and the caller decides to resend or not.
     """
     header.attempt = attempt
-    first = pb2.UpdateChunk(round=rnd, client_id=client_id, num_chunks=len(ranges), header=header)
+    first = pb2.UpdateChunk(round=rnd, client_id=client_id, num_chunks=len(ranges), header=header).SerializeToString()
     if attempt == 0:
         link.latency()
     else:
         link.latency(2)                     # the NACK round trip before a retransmission
         counter.retransmit(len(seqs))
     link.airtime(len(header.encoded_header))
-    counter.add(wire_size(first), len(header.encoded_header))
+    counter.add_wire(len(first))
+    counter.add_payload(len(header.encoded_header))
     yield first
     lost = link.lost(rnd, len(seqs), attempt)
     for i, seq in enumerate(seqs):
@@ -183,10 +220,9 @@ def update_messages(pb2, *, rnd: int, client_id: int, header, body: memoryview, 
         if lost[i] and b > a:
             counter.drop(b - a)
             continue
-        piece = bytes(body[a:b])
-        msg = pb2.UpdateChunk(round=rnd, client_id=client_id, seq=seq, num_chunks=len(ranges), offset=a,
-                              payload=piece, crc32=crc32(piece))
-        counter.add(wire_size(msg), b - a)
+        msg = chunk_bytes(pb2, rnd, client_id, seq, len(ranges), a, body[a:b])
+        counter.add_wire(len(msg))
+        counter.add_payload(b - a)
         yield msg
 
 
@@ -213,8 +249,8 @@ class Reassembly:
         if header.num_chunks != len(self.ranges):
             raise WireError("INVALID_ARGUMENT", f"push header: num_chunks {header.num_chunks} does not match "
                             f"body_size {header.body_size} / chunk_size {header.chunk_size} = {len(self.ranges)}")
-        if len(header.body_sha256) != 32:
-            raise WireError("INVALID_ARGUMENT", "push header: body_sha256 must be 32 bytes")
+        if len(header.body_sha256) not in (0, 32):
+            raise WireError("INVALID_ARGUMENT", "push header: body_sha256 must be empty or 32 bytes")
         self.header_size = hsize
         self.body_size = int(header.body_size)
         self.chunk_size = int(header.chunk_size)
@@ -259,7 +295,8 @@ class Reassembly:
         return [self.ranges[i] for i in self.missing()]
 
     def verify(self) -> None:
-        if not self.complete:
+        """Check the optional whole-body sha256 (every chunk's crc32 was checked on arrival)."""
+        if not self.complete or not self.sha:
             return                           # a body with holes cannot match the digest
         if sha256(memoryview(self.buf)[self.header_size:]) != self.sha:
             raise WireError("DATA_LOSS", "update body sha256 mismatch (corrupted payload)")
@@ -277,11 +314,10 @@ class BufferBudget:
         self._cv = threading.Condition()
 
     def acquire(self, nbytes: int, timeout: float) -> bool:
-        if nbytes > self.limit:
-            return False
+        """Reserve `nbytes`; a single push larger than the whole budget is let in alone."""
         deadline = time.monotonic() + timeout
         with self._cv:
-            while self.used + nbytes > self.limit:
+            while self.used + nbytes > self.limit and self.used > 0:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -297,7 +333,8 @@ class BufferBudget:
 
 def model_messages(pb2, *, version: int, rnd: int, blob: bytes, header_size: int, chunk_size: int,
                    sha: bytes, counter: ByteCounter | None = None) -> Iterator:
-    """Server-side: stream an encoded global model (header in the first message)."""
+    """Server-side: stream an encoded global model (header in the first message). Only payload
+    bytes are counted here; the serializer counts the wire bytes."""
     body = memoryview(blob)[header_size:]
     ranges = chunk_ranges(len(body), chunk_size)
     for seq, (a, b) in enumerate(ranges):
@@ -311,14 +348,15 @@ def model_messages(pb2, *, version: int, rnd: int, blob: bytes, header_size: int
             msg.body_sha256 = sha
             payload += header_size
         if counter is not None:
-            counter.add(wire_size(msg), payload)
+            counter.add_payload(payload)
         yield msg
 
 
 def receive_model(stream, counter: ByteCounter | None = None, link: Link | None = None,
                   max_bytes: int = DEFAULT_MAX_UPDATE) -> tuple[int, int, bytearray]:
     """Client-side: reassemble a model stream into (version, round, Encoded bytes), checking every
-    chunk's crc32 and the body's sha256. Raises WireError on any inconsistency."""
+    chunk's crc32 and the body's sha256 (the stream's deserializer counts wire bytes). Raises
+    WireError on any inconsistency."""
     buf: bytearray | None = None
     hsize = 0
     version = rnd = -1
@@ -328,7 +366,7 @@ def receive_model(stream, counter: ByteCounter | None = None, link: Link | None 
         link.latency()
     for msg in stream:
         if counter is not None:
-            counter.add(wire_size(msg), len(msg.payload) + len(msg.encoded_header))
+            counter.add_payload(len(msg.payload) + len(msg.encoded_header))
         if link is not None:
             link.airtime(len(msg.payload) + len(msg.encoded_header))
         if buf is None:
@@ -355,5 +393,5 @@ def receive_model(stream, counter: ByteCounter | None = None, link: Link | None 
 
 
 __all__ = ["GRPC_FRAME", "MAX_CHUNK_SIZE", "ByteCounter", "Link", "Reassembly", "BufferBudget", "WireError",
-           "crc32", "sha256", "wire_size", "split", "update_messages", "model_messages", "receive_model",
+           "crc32", "sha256", "wire_size", "split", "update_messages", "chunk_bytes", "model_messages", "receive_model",
            "channel_options", "server_options", "message_limit"]

@@ -17,7 +17,7 @@ from thinwire.task import TaskSpec
 def make_dataset(cfg: RunConfig):
     return federate(cfg.dataset, cfg.clients, cfg.partition, alpha=cfg.alpha, shards_per_client=cfg.shards_per_client,
                     seed=cfg.seed, path=cfg.data_path or None, synthetic_alpha=cfg.synthetic_alpha,
-                    synthetic_beta=cfg.synthetic_beta)
+                    synthetic_beta=cfg.synthetic_beta, standardize=cfg.standardize)
 
 
 def make_model(cfg: RunConfig, ds) -> torch.nn.Module:

@@ -1,0 +1,128 @@
+"""TLS, tokens and per-client identities on the real gRPC wire (127.0.0.1 only)."""
+from __future__ import annotations
+
+import argparse
+
+import grpc
+import pytest
+import torch
+
+from thinwire import certs
+from thinwire.client.grpc_client import Backoff, Connection
+from thinwire.config import RunConfig
+from thinwire.errors import ConfigError
+from thinwire.protos import thinwire_pb2 as pb2
+from thinwire.security import client_security, server_security
+from thinwire.server.app import ParameterServer, ServeOptions
+from thinwire.server.service import ServerHandle
+
+
+def _ns(**kw):
+    base = dict(tls_cert=None, tls_key=None, tls_ca=None, insecure=False, token=None, tokens_file=None,
+                tls_server_name=None)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def _serve(tmp_path, sec):
+    cfg = RunConfig(name="sec", out_dir=str(tmp_path), clients=3, per_round=3, rounds=1, progress=False).validate()
+    ps = ParameterServer(cfg, ServeOptions(host="127.0.0.1", port=0, heartbeat_timeout=30), init_vec=torch.zeros(10))
+    return ServerHandle(ps, sec)
+
+
+def _conn(port, sec, host="127.0.0.1"):
+    return Connection(f"{host}:{port}", sec, backoff=Backoff(max_wait=2))
+
+
+def _code(fn):
+    with pytest.raises(grpc.RpcError) as e:
+        fn()
+    return e.value.code()
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    d = tmp_path_factory.mktemp("certs")
+    certs.write_bundle(d, ["localhost", "127.0.0.1"], ["client"])
+    return d
+
+
+def test_certs_command_refuses_overwrite_and_writes_private_keys(bundle):
+    assert (bundle / "server.key").stat().st_mode & 0o077 == 0
+    with pytest.raises(ConfigError, match="already exists"):
+        certs.write_bundle(bundle, ["localhost"])
+
+
+def test_security_flags_are_checked():
+    with pytest.raises(ConfigError, match="--insecure"):
+        server_security(_ns())
+    with pytest.raises(ConfigError, match="tls_key"):
+        server_security(_ns(tls_cert="x.pem"))
+    with pytest.raises(ConfigError, match="--insecure"):
+        client_security(_ns())
+    with pytest.raises(ConfigError, match="8 characters"):
+        server_security(_ns(insecure=True, token="short"))
+
+
+def test_tls_mutual_round_trip_and_plaintext_refused(tmp_path, bundle):
+    sec = server_security(_ns(tls_cert=str(bundle / "server.pem"), tls_key=str(bundle / "server.key"),
+                              tls_ca=str(bundle / "ca.pem"), token="s3cret-token"))
+    h = _serve(tmp_path, sec)
+    try:
+        good = client_security(_ns(tls_ca=str(bundle / "ca.pem"), tls_cert=str(bundle / "client.pem"),
+                                   tls_key=str(bundle / "client.key"), token="s3cret-token"))
+        c = _conn(h.port, good, host="localhost")
+        reply, cfg = c.join(0)
+        assert cfg["clients"] == 3 and reply.run_name == "sec"
+        ver, blob = c.get_model(0)
+        assert ver == 0 and len(blob) > 40
+        c.close()
+        # no client certificate: the mutual-TLS handshake fails
+        nocert = client_security(_ns(tls_ca=str(bundle / "ca.pem"), token="s3cret-token"))
+        c = _conn(h.port, nocert, host="localhost")
+        assert _code(lambda: c.stub.Join(pb2.JoinRequest(client_id=0), timeout=3,
+                                         metadata=nocert.metadata(0))) == grpc.StatusCode.UNAVAILABLE
+        c.close()
+        # plaintext against a TLS port
+        plain = client_security(_ns(insecure=True, token="s3cret-token"))
+        c = _conn(h.port, plain)
+        assert _code(lambda: c.stub.Join(pb2.JoinRequest(client_id=0), timeout=3,
+                                         metadata=plain.metadata(0))) == grpc.StatusCode.UNAVAILABLE
+        c.close()
+    finally:
+        h.stop()
+
+
+def test_tokens_missing_wrong_and_impersonation(tmp_path):
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("# client secrets\n0 secret-of-zero\n1 secret-of-one\n")
+    sec = server_security(_ns(insecure=True, tokens_file=str(tokens)))
+    h = _serve(tmp_path, sec)
+    try:
+        none = client_security(_ns(insecure=True))
+        c = _conn(h.port, none)
+        assert _code(lambda: c.join(0)) == grpc.StatusCode.UNAUTHENTICATED
+        assert _code(lambda: c.stub.Status(pb2.StatusRequest(), timeout=3)) == grpc.StatusCode.UNAUTHENTICATED
+        c.close()
+        wrong = client_security(_ns(insecure=True, token="not-a-valid-secret"))
+        c = _conn(h.port, wrong)
+        assert _code(lambda: c.join(0)) == grpc.StatusCode.UNAUTHENTICATED
+        c.close()
+        # client 1's secret cannot act (join, push) as client 0
+        one = client_security(_ns(insecure=True, token="secret-of-one"))
+        c = _conn(h.port, one)
+        assert c.join(1)[1]["clients"] == 3
+        md = one.metadata(1)
+        assert _code(lambda: c.stub.Join(pb2.JoinRequest(client_id=0), timeout=3, metadata=md)) == \
+            grpc.StatusCode.PERMISSION_DENIED
+        push = iter([pb2.UpdateChunk(round=0, client_id=0,
+                                     header=pb2.PushHeader(encoded_header=b"x" * 16)).SerializeToString()])
+        assert _code(lambda: c._push(push, timeout=3, metadata=md)) == grpc.StatusCode.PERMISSION_DENIED
+        c.close()
+        # per-client secrets file on the client side: each virtual client sends its own
+        both = client_security(_ns(insecure=True, tokens_file=str(tokens)))
+        c = _conn(h.port, both)
+        assert c.join(0)[0].run_name == "sec" and c.join(1)[0].run_name == "sec"
+        c.close()
+    finally:
+        h.stop()

@@ -1,0 +1,320 @@
+"""`thinwire bench wire`: how fast one thinwire server ingests updates, vs a raw gRPC byte stream.
+
+For each (clients, update size): a real `ParameterServer` in its own process takes one round of
+pushes (identity-coded fp32 updates, decoded and folded into FedAvg as they complete) from N
+concurrent client streams on loopback. The same bytes in the same chunks and streams are then
+sent to a bare gRPC method that only counts them: the reference. Reported: aggregate MB/s and
+its ratio to the reference, p50/p99 push latency, server RSS (idle, peak, growth) against the
+model size, and bytes on the TCP socket (kernel TCP_INFO) per encoded payload byte.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+MB = 1_000_000
+RAW_METHOD = "/thinwire.bench.Raw/Push"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--clients", default="10,100", help="comma-separated client counts (default: 10,100)")
+    parser.add_argument("--sizes-mb", default="1,25", help="comma-separated update sizes in MB (default: 1,25)")
+    parser.add_argument("--chunk-kb", type=int, default=1024, help="chunk size in KiB (default: 1024)")
+    parser.add_argument("--streams", type=int, default=0,
+                        help="concurrent push streams (0 = one per client, capped by --max-streams)")
+    parser.add_argument("--max-streams", type=int, default=100, help="cap on concurrent streams (default: 100)")
+    parser.add_argument("--connections", type=int, default=8, help="TCP connections the streams share (default: 8)")
+    parser.add_argument("--buffer-mb", type=float, default=0.0, help="server reassembly budget (0 = server default)")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--serve", choices=("thinwire", "raw"), help=argparse.SUPPRESS)
+    parser.add_argument("--numel", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--port-file", help=argparse.SUPPRESS)
+    parser.add_argument("--out-dir", default="", help=argparse.SUPPRESS)
+
+
+# -- server processes -----------------------------------------------------------------------------
+def _serve_thinwire(args) -> None:
+    import torch
+
+    from thinwire.config import RunConfig
+    from thinwire.security import Authenticator, ServerSecurity
+    from thinwire.server.app import ParameterServer, ServeOptions, tune_malloc
+    from thinwire.server.service import ServerHandle
+
+    tune_malloc()
+    n = int(args.clients)
+    torch.set_num_threads(1)
+    cfg = RunConfig(name="bench-wire", out_dir=args.out_dir, clients=n, per_round=n, rounds=1, progress=False,
+                    chunk_size=args.chunk_kb * 1024).validate()
+    update = 4 * args.numel + (1 << 16)
+    opts = ServeOptions(host="127.0.0.1", port=0, heartbeat_timeout=600, join_wait=600, checkpoint=False,
+                        max_update_bytes=update, buffer_budget=int(args.buffer_mb * (1 << 20)), threads=128,
+                        push_wait=600, linger=0)
+    ps = ParameterServer(cfg, opts, init_vec=torch.zeros(args.numel))
+    h = ServerHandle(ps, ServerSecurity(None, Authenticator(), []))
+    Path(args.port_file).write_text(str(h.port))
+    h.wait()
+    time.sleep(2.0)                              # let the bench read final counters
+    h.stop()
+
+
+def _serve_raw(args) -> None:
+    import grpc
+
+    def push(it, context):
+        n = 0
+        for m in it:
+            n += len(m)
+        return struct.pack("<Q", n)
+
+    handler = grpc.method_handlers_generic_handler("thinwire.bench.Raw", {
+        "Push": grpc.stream_unary_rpc_method_handler(push, request_deserializer=None, response_serializer=None)})
+    from thinwire.transport import server_options
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=128), options=server_options(args.chunk_kb * 1024))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    Path(args.port_file).write_text(str(port))
+    server.wait_for_termination(timeout=3600)
+
+
+# -- measurement helpers --------------------------------------------------------------------------
+def _tcp_bytes(port: int) -> tuple[int, int]:
+    """(bytes acked, bytes received) summed over this process's TCP sockets to 127.0.0.1:port, from
+    the kernel's TCP_INFO: what really crossed the socket, HTTP/2 framing included."""
+    acked = recv = 0
+    for fd_name in os.listdir("/proc/self/fd"):
+        fd = int(fd_name)
+        try:
+            s = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        try:
+            if s.family not in (socket.AF_INET, socket.AF_INET6) or s.type != socket.SOCK_STREAM:
+                continue
+            if s.getpeername()[1] != port:
+                continue
+            info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 232)
+            a, r = struct.unpack_from("<QQ", info, 120)
+            acked += a
+            recv += r
+        except OSError:
+            pass
+        finally:
+            s.close()
+    return acked, recv
+
+
+class RssSampler:
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def rss(self) -> int:
+        return self.proc.memory_info().rss
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, self.rss())
+            except Exception:
+                return
+            self._stop.wait(0.02)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def _start(kind: str, args, n: int, numel: int, tmp: Path) -> tuple[subprocess.Popen, int]:
+    pf = tmp / f"{kind}-{n}-{numel}.port"
+    if pf.exists():
+        pf.unlink()
+    cmd = [sys.executable, "-m", "thinwire.bench.wire", "--serve", kind, "--clients", str(n), "--numel", str(numel),
+           "--chunk-kb", str(args.chunk_kb), "--port-file", str(pf), "--out-dir", str(tmp),
+           "--buffer-mb", str(args.buffer_mb)]
+    p = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    t_end = time.monotonic() + 120
+    while not pf.exists():
+        if p.poll() is not None or time.monotonic() > t_end:
+            p.kill()
+            raise RuntimeError(f"bench {kind} server did not start")
+        time.sleep(0.05)
+    time.sleep(0.05)
+    return p, int(pf.read_text())
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def _run_pushes(n: int, streams: int, fn) -> tuple[float, list[float]]:
+    lat: list[float] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        t = time.perf_counter()
+        fn(i)
+        with lock:
+            lat.append(time.perf_counter() - t)
+
+    t0 = time.perf_counter()
+    with futures.ThreadPoolExecutor(max_workers=streams) as ex:
+        for f in [ex.submit(one, i) for i in range(n)]:
+            f.result()
+    return time.perf_counter() - t0, lat
+
+
+def bench_case(args, n: int, size_mb: float, tmp: Path) -> dict[str, Any]:
+    import grpc
+    import torch
+
+    from thinwire import compression
+    from thinwire.client.grpc_client import Backoff, Connection
+    from thinwire.protos import thinwire_pb2 as pb2
+    from thinwire.security import ClientSecurity
+    from thinwire.transport import Link, channel_options, split
+
+    numel = int(size_mb * MB / 4)
+    chunk = args.chunk_kb * 1024
+    streams = min(args.streams or n, args.max_streams, n)
+    enc = compression.get("identity").encode(torch.randn(numel, generator=torch.Generator().manual_seed(0)))
+    payload = enc.to_bytes()
+    total_payload = n * len(payload)
+    ncon = max(1, min(args.connections, streams))
+
+    # -- thinwire server --------------------------------------------------------------------------
+    proc, port = _start("thinwire", args, n, numel, tmp)
+    try:
+        sampler = RssSampler(proc.pid)
+        target = f"127.0.0.1:{port}"
+        conns = [Connection(target, ClientSecurity(None), chunk_size=chunk, backoff=Backoff(max_wait=60),
+                            rpc_timeout=600, extra_options=[("grpc.use_local_subchannel_pool", 1)])
+                 for _ in range(ncon)]
+        for cid in range(n):
+            conns[cid % ncon].join(cid)
+        tasks = {}
+        t_end = time.monotonic() + 120
+        while len(tasks) < n and time.monotonic() < t_end:
+            for cid in range(n):
+                if cid not in tasks:
+                    r = conns[cid % ncon].get_task(cid)
+                    if r.action == pb2.TaskReply.TRAIN:
+                        tasks[cid] = r
+        time.sleep(0.3)
+        idle_rss = sampler.rss()
+        acked0 = _tcp_bytes(port)[0]
+
+        def push(cid: int) -> None:
+            r = conns[cid % ncon].push(client_id=cid, rnd=tasks[cid].round, model_version=tasks[cid].model_version,
+                                       payload=payload, header_size=enc.header_size, num_samples=1, train_loss=0.0,
+                                       link=Link(None, cid), chunk_size=chunk)
+            if r.result != pb2.PushReply.ACCEPTED:
+                raise RuntimeError(f"push of client {cid}: {r.message}")
+
+        with sampler:
+            elapsed, lat = _run_pushes(n, streams, push)
+        socket_bytes = _tcp_bytes(port)[0] - acked0
+        grpc_bytes = sum(c.up.wire_bytes for c in conns)
+        for c in conns:
+            c.close()
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    # -- raw reference: same chunks, same streams, nothing but counting ---------------------------
+    rproc, rport = _start("raw", args, n, numel, tmp)
+    try:
+        chans = [grpc.insecure_channel(f"127.0.0.1:{rport}", options=channel_options(chunk) +
+                                       [("grpc.use_local_subchannel_pool", 1)]) for _ in range(ncon)]
+        calls = [ch.stream_unary(RAW_METHOD, request_serializer=None, response_deserializer=None) for ch in chans]
+        ranges = split(len(payload), chunk)
+        view = memoryview(payload)
+
+        def raw(i: int) -> None:
+            calls[i % ncon](iter(bytes(view[a:b]) for a, b in ranges), timeout=600)
+
+        _run_pushes(min(n, 4), min(streams, 4), raw)        # warm the connections
+        raw_elapsed, raw_lat = _run_pushes(n, streams, raw)
+        for ch in chans:
+            ch.close()
+    finally:
+        rproc.kill()
+        rproc.wait(10)
+
+    model_bytes = 4 * numel
+    return {
+        "clients": n, "update_mb": size_mb, "streams": streams, "connections": ncon, "chunk_kib": args.chunk_kb,
+        "payload_bytes": len(payload),
+        "ingest_mb_s": total_payload / elapsed / MB, "raw_mb_s": total_payload / raw_elapsed / MB,
+        "ratio": raw_elapsed / elapsed,
+        "p50_s": _pct(lat, 0.5), "p99_s": _pct(lat, 0.99), "raw_p50_s": _pct(raw_lat, 0.5),
+        "raw_p99_s": _pct(raw_lat, 0.99),
+        "rss_idle_mb": idle_rss / MB, "rss_peak_mb": sampler.peak / MB, "rss_growth_mb": (sampler.peak - idle_rss) / MB,
+        "rss_goal_mb": (2 * model_bytes + 100 * MB) / MB,
+        "socket_per_payload": socket_bytes / total_payload, "grpc_per_payload": grpc_bytes / total_payload,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.serve:
+        (_serve_thinwire if args.serve == "thinwire" else _serve_raw)(args)
+        return 0
+    from thinwire.config import check_int
+    from thinwire.errors import ConfigError
+    from thinwire.metrics import format_table
+
+    try:
+        clients = [int(x) for x in args.clients.split(",") if x.strip()]
+        sizes = [float(x) for x in args.sizes_mb.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError("clients", f"bad list {args.clients!r} / {args.sizes_mb!r}", "comma-separated numbers") from None
+    if not clients or not sizes or min(clients) < 1 or min(sizes) <= 0:
+        raise ConfigError("clients", "need positive client counts and sizes", "e.g. --clients 10,100 --sizes-mb 1,25")
+    check_int("chunk_kb", args.chunk_kb, 1, 4096)
+    check_int("max_streams", args.max_streams, 1, 1000)
+    check_int("connections", args.connections, 1, 256)
+    import tempfile
+
+    from tqdm import tqdm
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="tw-bench-wire-") as tmp:
+        cases = [(n, s) for s in sizes for n in clients]
+        for n, s in tqdm(cases, desc="bench wire", unit="case"):
+            results.append(bench_case(args, n, s, Path(tmp)))
+    print(format_table(
+        ["clients", "MB", "streams", "MB/s", "raw MB/s", "vs raw", "p50 s", "p99 s", "RSS idle", "RSS peak",
+         "growth", "goal", "socket/payload"],
+        [(r["clients"], r["update_mb"], r["streams"], r["ingest_mb_s"], r["raw_mb_s"], f"{r['ratio']:.2f}",
+          r["p50_s"], r["p99_s"], f"{r['rss_idle_mb']:.0f}", f"{r['rss_peak_mb']:.0f}", f"{r['rss_growth_mb']:.0f}",
+          f"{r['rss_goal_mb']:.0f}", f"{r['socket_per_payload']:.4f}") for r in results]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    sys.exit(run(p.parse_args()))
