@@ -29,6 +29,15 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     n = codes.numel()
     if bits == 8:
         return codes.to(torch.uint8)
+    if 8 % bits == 0:  # 1, 2, 4: whole codes per byte, combine in uint8
+        per = 8 // bits
+        c = torch.zeros((n + per - 1) // per * per, dtype=torch.uint8, device=codes.device)
+        c[:n] = codes
+        c = c.view(-1, per)
+        out = c[:, 0].clone()
+        for j in range(1, per):
+            out |= c[:, j] << (bits * j)
+        return out
     groups = (n + 7) // 8
     wide = torch.int32 if bits <= 4 else torch.int64
     c = torch.zeros(groups * 8, dtype=wide, device=codes.device)
@@ -50,6 +59,11 @@ def unpack(data: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     data = data.reshape(-1).to(torch.uint8)
     if bits == 8:
         return data[:count].clone()
+    if 8 % bits == 0:
+        per = 8 // bits
+        shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=data.device)
+        nb = (count + per - 1) // per
+        return ((data[:nb].unsqueeze(1) >> shifts) & ((1 << bits) - 1)).view(-1)[:count]
     groups = (count + 7) // 8
     wide = torch.int32 if bits <= 4 else torch.int64
     b = torch.zeros(groups * bits, dtype=wide, device=data.device)
@@ -62,6 +76,22 @@ def unpack(data: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     shifts = torch.arange(0, 8 * bits, bits, dtype=wide, device=data.device)
     codes = ((word.unsqueeze(1) >> shifts) & ((1 << bits) - 1)).to(torch.uint8).view(-1)
     return codes[:count]
+
+
+def unpack_lookup(data: torch.Tensor, bits: int, count: int, table: torch.Tensor) -> torch.Tensor:
+    """table[code] for every packed code, fused with unpacking when codes tile a byte (b = 1, 2, 4):
+    a 256-row table maps each byte straight to its 8/b values, so no per-code index is built."""
+    bits = check_bits(bits)
+    if bits in (1, 2, 4):
+        per = 8 // bits
+        nb = (count + per - 1) // per
+        if data.numel() < nb:
+            raise ValueError(f"data: {data.numel()} bytes cannot hold {count} codes of {bits} bits")
+        byte = torch.arange(256, device=data.device).unsqueeze(1)
+        shifts = torch.arange(0, 8, bits, device=data.device)
+        lut = table[(byte >> shifts) & ((1 << bits) - 1)]  # (256, per)
+        return lut.index_select(0, data.reshape(-1)[:nb].long()).view(-1)[:count]
+    return table.take(unpack(data, bits, count).long())
 
 
 def lost_codes(start: int, end: int, bits: int) -> tuple[int, int]:

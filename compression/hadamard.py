@@ -91,7 +91,18 @@ def rademacher(n: int, seed: int, device: torch.device | str = "cpu") -> torch.T
     raw = torch.randint(0, 256, (nbytes,), generator=g, dtype=torch.uint8).to(device)
     shifts = torch.arange(8, dtype=torch.uint8, device=device)
     bits = (raw.unsqueeze(1) >> shifts).bitwise_and_(1).view(-1)[:n]
-    return 1.0 - 2.0 * bits.to(torch.float32)
+    return bits.to(torch.float32).mul_(-2.0).add_(1.0)
+
+
+def apply_signs_(y: torch.Tensor, seed: int) -> torch.Tensor:
+    """In place y *= rademacher(len(y), seed), done by flipping float32 sign bits (no float temp)."""
+    n = y.numel()
+    g = torch.Generator().manual_seed(seed)
+    raw = torch.randint(0, 256, ((n + 7) // 8,), generator=g, dtype=torch.uint8).to(y.device)
+    shifts = torch.arange(8, dtype=torch.uint8, device=y.device)
+    bits = (raw.unsqueeze(1) >> shifts).bitwise_and_(1).view(-1)[:n].to(torch.int32).bitwise_left_shift_(31)
+    y.view(torch.int32).bitwise_xor_(bits)
+    return y
 
 
 def rotation_seed(ctx: Context, tag: str = "rht") -> int:
@@ -105,12 +116,10 @@ def rht(x: torch.Tensor, seed: int) -> torch.Tensor:
     D = next_pow2(d)
     y = torch.zeros(D, dtype=torch.float32, device=x.device)
     y[:d] = x.reshape(-1)
-    y.mul_(rademacher(D, seed, x.device))
-    return fwht_(y)
+    return fwht_(apply_signs_(y, seed))
 
 
 def irht_(y: torch.Tensor, seed: int, d: int | None = None) -> torch.Tensor:
     """Inverse rotation in place: x = s * (H y), truncated to the first d entries."""
-    fwht_(y)
-    y.mul_(rademacher(y.numel(), seed, y.device))
+    apply_signs_(fwht_(y), seed)
     return y if d is None else y[:d]

@@ -153,6 +153,12 @@ while True:
     time.sleep(1)
 PYEOF
 
+# A token kept in a file (e.g. the certs volume) instead of the environment.
+if [[ -n ${THINWIRE_TOKEN_FILE:-} && -z ${THINWIRE_TOKEN:-} && -r ${THINWIRE_TOKEN_FILE} ]]; then
+  THINWIRE_TOKEN=$(<"$THINWIRE_TOKEN_FILE")
+  export THINWIRE_TOKEN
+fi
+
 ray_common=(--num-cpus="$RAY_CPUS" --object-store-memory=$((RAY_OBJ_MB * 1024 * 1024))
             --disable-usage-stats)
 
@@ -161,6 +167,20 @@ case "$role" in
     exec thinwire --help ;;
   health)
     exec python3 -c "$HEALTH_PY" ;;
+  certs)
+    # One-shot certs service: idempotent. Keeps an existing bundle (unless --force) and adds a
+    # random shared token file next to it.
+    out=${THINWIRE_OUT:-/certs}
+    if [[ -s $out/ca.pem && -s $out/server.pem && " $* " != *" --force "* ]]; then
+      echo "thinwire-entrypoint: certificates already in $out (pass --force to replace them)" >&2
+    else
+      python3 -c "$RUN_PY" certs "$@"
+    fi
+    if [[ ! -s $out/token ]]; then
+      (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(32))' >"$out/token")
+      echo "thinwire-entrypoint: wrote a client token to $out/token" >&2
+    fi
+    exit 0 ;;
   ray-head)
     port=${RAY_HEAD##*:}
     exec ray start --head --port="$port" --ray-client-server-port=10001 \

@@ -7,7 +7,8 @@
 #
 # Outputs (docker images, tagged by a hash of their inputs, so a second run is instant):
 #   thinwire/offline-base:bookworm-py3.11    Debian bookworm minbase + python3 3.11 + venv
-#   thinwire/wheelhouse:<hash>               that base + /wheels/*.whl (torch CPU, ray[default], ...)
+#   thinwire/wheelhouse:<hash>               that base + /wheels/{torch,rest}/*.whl (torch CPU,
+#                                            ray[default] and every other pin of pyproject.toml)
 # Use them with deploy/Dockerfile:
 #   docker build -f deploy/Dockerfile --build-arg BASE_IMAGE=thinwire/offline-base:bookworm-py3.11 \
 #     --build-arg WHEELHOUSE=thinwire/wheelhouse:<hash> -t thinwire:latest .
@@ -115,32 +116,43 @@ wheels=$CACHE/wheelhouse-$key
 
 if ! docker image inspect "$WHEEL_TAG" >/dev/null 2>&1; then
   if [[ ! -f $wheels/.complete ]]; then
-    mkdir -p "$wheels"
+    rm -rf "$wheels"
+    mkdir -p "$wheels/torch" "$wheels/rest"
     # Target the image's interpreter, not this machine's: CPython 3.11, glibc 2.36 (bookworm).
     # pip does not widen --platform to older manylinux levels by itself: list them all.
     target=(--only-binary=:all: --implementation cp --python-version 3.11 --abi cp311)
     for v in $(seq 36 -1 5); do target+=(--platform "manylinux_2_${v}_x86_64"); done
     target+=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64
              --platform manylinux1_x86_64 --platform linux_x86_64)
-    pip_dl=("$PY" -m pip download --quiet --disable-pip-version-check -d "$wheels" "${target[@]}")
+    # Wheels of an earlier wheelhouse (other pins) are reused instead of downloaded again.
+    reuse=()
+    for d in "$CACHE"/wheelhouse-* "$CACHE"/wheelhouse-*/torch "$CACHE"/wheelhouse-*/rest; do
+      [[ -d $d && $d != "$wheels" && $d != "$wheels"/* ]] && reuse+=(--find-links "$d")
+    done
+    pip_dl=("$PY" -m pip download --quiet --disable-pip-version-check "${target[@]}" "${reuse[@]}")
+    # torch and its dependencies in torch/, everything else in rest/: two image layers, so a
+    # change of the other pins leaves the torch layers of the thinwire build cached.
     if ls "$TORCH_WHEELS"/torch-"$TORCH_VERSION"+cpu-cp311-*.whl >/dev/null 2>&1; then
       say "torch $TORCH_VERSION (CPU) from $TORCH_WHEELS"
-      "${pip_dl[@]}" --find-links "$TORCH_WHEELS" "torch==$TORCH_VERSION" ||
+      "${pip_dl[@]}" -d "$wheels/torch" --find-links "$TORCH_WHEELS" "torch==$TORCH_VERSION" ||
         fail "pip download torch failed"
     else
       say "torch $TORCH_VERSION (CPU) from the PyTorch CPU index"
-      "${pip_dl[@]}" --index-url https://download.pytorch.org/whl/cpu \
+      "${pip_dl[@]}" -d "$wheels/torch" --index-url https://download.pytorch.org/whl/cpu \
         --extra-index-url https://pypi.org/simple "torch==$TORCH_VERSION" || fail "pip download torch failed"
     fi
     say "downloading the pinned wheels into $wheels"
     printf '%s\n' "$reqs" >"$wheels/requirements.txt"
-    "${pip_dl[@]}" --find-links "$wheels" -r "$wheels/requirements.txt" || fail "pip download failed"
+    "${pip_dl[@]}" -d "$wheels/rest" --find-links "$wheels/torch" -r "$wheels/requirements.txt" ||
+      fail "pip download failed"
+    for f in "$wheels"/torch/*.whl; do rm -f "$wheels/rest/$(basename "$f")"; done
     touch "$wheels/.complete"
   fi
   say "building $WHEEL_TAG ($(du -sh "$wheels" | cut -f1) of wheels)"
   docker build --quiet -t "$WHEEL_TAG" -f - "$wheels" >/dev/null <<EOF || fail "building $WHEEL_TAG failed"
 FROM $BASE_TAG
-COPY *.whl /wheels/
+COPY torch /wheels/torch
+COPY rest /wheels/rest
 EOF
 fi
 

@@ -90,7 +90,7 @@ def tune_malloc() -> None:
         return
     try:
         libc = ctypes.CDLL(name)
-        libc.mallopt(-3, 256 * 1024)        # M_MMAP_THRESHOLD
+        libc.mallopt(-3, 8 << 20)           # M_MMAP_THRESHOLD: chunk-sized buffers reuse the heap
         libc.mallopt(-8, 2)                 # M_ARENA_MAX
     except (OSError, AttributeError):
         pass
