@@ -79,9 +79,10 @@ class ClientInfo:
 
 
 def tune_malloc() -> None:
-    """Keep glibc from hoarding freed chunk buffers: a fixed mmap threshold (so every 1 MiB message
-    buffer goes back to the OS when freed) and few arenas for the many handler threads. Without it
-    the server's RSS grows with the number of concurrent streams instead of staying bounded."""
+    """Keep glibc from hoarding freed chunk buffers: a fixed mmap threshold (model-size buffers are
+    unmapped when freed, chunk-size ones reuse the heap) and two arenas for the many handler
+    threads. Without it the server's RSS grows with the number of concurrent streams instead of
+    staying at the in-flight budget plus one update being decoded."""
     import ctypes
     import ctypes.util
 
@@ -90,7 +91,7 @@ def tune_malloc() -> None:
         return
     try:
         libc = ctypes.CDLL(name)
-        libc.mallopt(-3, 8 << 20)           # M_MMAP_THRESHOLD: chunk-sized buffers reuse the heap
+        libc.mallopt(-3, 8 << 20)           # M_MMAP_THRESHOLD (fixed: no dynamic growth)
         libc.mallopt(-8, 2)                 # M_ARENA_MAX
     except (OSError, AttributeError):
         pass
@@ -326,6 +327,7 @@ class ParameterServer:
                 self._release(key)
                 raise WireError("UNAVAILABLE", f"server busy: no reassembly buffer free within {self.opts.push_wait:g} s; "
                                 "retry later")
+            ra.attach(self.budget.take(ra.nbytes))
             with self.lock:
                 self.partial[key] = ra
         return ra
@@ -338,7 +340,8 @@ class ParameterServer:
         with self.lock:
             ra = self.partial.pop(key, None)
         if ra is not None:
-            self.budget.release(ra.nbytes)
+            self.budget.release(ra.nbytes, ra.buf)
+            ra.buf = bytearray()
 
     def abort_push(self, key: tuple[int, int]) -> None:
         """A push failed validation: forget its buffer, count the rejection."""
@@ -390,9 +393,12 @@ class ParameterServer:
                 except ValueError as e:
                     raise WireError("INVALID_ARGUMENT", f"cannot decode update: {e}") from None
                 finally:
-                    del payload
+                    try:
+                        payload.release()
+                    except BufferError:
+                        pass
+                    self.budget.release(ra.nbytes, ra.buf)
                     ra.buf = bytearray()
-                    self.budget.release(ra.nbytes)
                 if update.numel() != self.numel:
                     raise WireError("INVALID_ARGUMENT", f"update decodes to {update.numel()} elements, the model "
                                     f"has {self.numel}")

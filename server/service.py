@@ -16,7 +16,7 @@ import grpc
 from thinwire.protos import thinwire_pb2 as pb2
 from thinwire.protos import thinwire_pb2_grpc as pb2_grpc
 from thinwire.security import Authenticator, ServerSecurity, check_identity
-from thinwire.transport import GRPC_FRAME, MAX_CHUNK_SIZE, WireError, model_messages, server_options
+from thinwire.transport import GRPC_FRAME, MAX_CHUNK_SIZE, WireError, model_messages, parse_chunk, server_options
 
 from .app import ParameterServer
 
@@ -94,12 +94,14 @@ class Servicer(pb2_grpc.ParameterServerServicer):
             first, n = next(request_iterator, (None, 0))
             if first is None:
                 raise WireError("INVALID_ARGUMENT", "empty push: the first message must carry the header")
+            if isinstance(first, ValueError):
+                raise WireError("INVALID_ARGUMENT", f"malformed UpdateChunk: {first}")
             wire += n
+            check_identity(self.auth, context, first.client_id)
+            if first.header is None:
+                raise WireError("INVALID_ARGUMENT", "the first message of a push must carry the PushHeader")
             payload += len(first.header.encoded_header)
             ps.up.add_payload(len(first.header.encoded_header))
-            check_identity(self.auth, context, first.client_id)
-            if not first.HasField("header"):
-                raise WireError("INVALID_ARGUMENT", "the first message of a push must carry the PushHeader")
             if len(first.payload):
                 raise WireError("INVALID_ARGUMENT", "the header message must not carry body bytes")
             ps.touch(first.client_id)
@@ -108,12 +110,14 @@ class Servicer(pb2_grpc.ParameterServerServicer):
             key = (first.round, first.client_id)
             for msg, n in request_iterator:
                 wire += n
+                if isinstance(msg, ValueError):
+                    raise WireError("INVALID_ARGUMENT", f"malformed UpdateChunk: {msg}")
                 payload += len(msg.payload)
                 ps.up.add_payload(len(msg.payload))
                 if msg.round != first.round or msg.client_id != first.client_id:
                     raise WireError("INVALID_ARGUMENT", f"chunk for (round {msg.round}, client {msg.client_id}) "
                                     f"inside a push for (round {first.round}, client {first.client_id})")
-                if msg.HasField("header"):
+                if msg.header is not None:
                     raise WireError("INVALID_ARGUMENT", "only the first message of a push may carry a header")
                 if ra.add(msg.seq, msg.offset, msg.payload, msg.crc32) and header.attempt > 0:
                     retrans += 1
@@ -150,7 +154,10 @@ def add_to_server(servicer: Servicer, server: grpc.Server) -> None:
 
     def push_in(data: bytes):
         ps.up.add_wire(len(data))
-        return pb2.UpdateChunk.FromString(data), len(data) + GRPC_FRAME
+        try:
+            return parse_chunk(pb2, data), len(data) + GRPC_FRAME
+        except ValueError as e:
+            return e, len(data) + GRPC_FRAME      # reported as INVALID_ARGUMENT by the handler
 
     def model_out(msg) -> bytes:
         data = msg.SerializeToString()

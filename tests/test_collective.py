@@ -218,9 +218,20 @@ def _thinwire(*args: str) -> subprocess.CompletedProcess:
     (["--backend", "mpi"], "backend: unknown value 'mpi'; allowed: auto, gloo, nccl"),
     (["--ratio", "0.5"], "ratio: 0.5 is out of range"),
     (["--ratio", "many"], "ratio: expected a number"),
+    (["--straggler-worker", "5"], "straggler_worker: 5 is out of range"),
 ] + ([] if torch.cuda.is_available() else [(["--backend", "nccl"], "backend: nccl needs one GPU per worker")]))
-def test_cli_bad_input_exits_2_with_one_line(args, needle):
-    r = _thinwire("allreduce", "--workers", "2", *args)
-    assert r.returncode == 2, r.stderr
+def test_cli_bad_input_returns_2_with_one_line(args, needle, capsys, monkeypatch):
+    from thinwire import cli
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # cli.main rewrites sys.argv
+    assert cli.main(["allreduce", "--workers", "2", *args]) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], lines
+
+
+def test_installed_cli_exits_2_on_a_bad_ratio():
+    exe = Path(sys.executable).parent / "thinwire"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "thinwire.cli"]
+    r = subprocess.run([*cmd, "allreduce", "--ratio", "0"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 2
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert lines == ["thinwire allreduce: error: ratio: 0.0 is out of range; allowed: [1.0, inf]"], r.stderr

@@ -130,8 +130,9 @@ def _drop_chunks(enc, frac, chunk, gen):
     return C.Encoded.from_bytes(enc.to_bytes(), holes=holes)
 
 
-def test_unbiased_under_ten_percent_lost_chunks():
-    x, codec, T, pi = _x(5), C.get("eden", bits=2), 40, 0.1
+@pytest.mark.parametrize("bits,T", [(2, 40), (0.5, 12), (2.5, 12)])
+def test_unbiased_under_ten_percent_lost_chunks(bits, T):
+    x, codec, pi = _x(5), C.get("eden", bits=bits), 0.1
     g = torch.Generator().manual_seed(0)
     acc = torch.zeros(D, dtype=torch.float64)
     single = []
@@ -141,7 +142,7 @@ def test_unbiased_under_ten_percent_lost_chunks():
         xh = codec.decode(damaged).double()
         single.append(_err(xh, x))
         acc += xh
-    v_loss = (1 + theoretical_vnmse(2)) / (1 - pi) - 1  # loss acts like keep probability 1 - pi
+    v_loss = (1 + theoretical_vnmse(bits)) / (1 - pi) - 1  # loss acts like keep probability 1 - pi
     assert sum(single) / T == pytest.approx(v_loss, rel=0.05)
     assert _err(acc / T, x) == pytest.approx(v_loss / T, rel=0.12)
 

@@ -100,3 +100,18 @@ def test_bad_bits():
     for bad in (0, 9, 2.5, True):
         with pytest.raises(ValueError, match="bits"):
             bitpack.pack(torch.zeros(3, dtype=torch.uint8), bad)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_unpack_lookup_equals_unpack_then_take(bits):
+    n = 999
+    codes = torch.randint(0, 1 << bits, (n,), dtype=torch.uint8)
+    table = torch.randn(1 << bits)
+    got = bitpack.unpack_lookup(bitpack.pack(codes, bits), bits, n, table)
+    assert torch.equal(got, table[codes.long()])
+
+
+def test_apply_signs_matches_rademacher_multiply():
+    y = torch.randn(1003)
+    want = y * H.rademacher(1003, 42)
+    assert torch.equal(H.apply_signs_(y.clone(), 42), want)

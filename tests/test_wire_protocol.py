@@ -60,6 +60,7 @@ def test_reassembly_replays_crc_and_holes():
     payload, hs = _identity(torch.arange(300, dtype=torch.float32))
     h = _header(payload, hs, 256)
     ra = Reassembly(h, max_update_bytes=1 << 20)
+    ra.attach(bytearray(b"\xff" * ra.nbytes))           # a recycled buffer with stale bytes
     body = payload[hs:]
     ranges = split(len(body), 256)
     assert ra.add(0, 0, body[0:256], crc32(body[0:256]))
@@ -72,6 +73,7 @@ def test_reassembly_replays_crc_and_holes():
     assert e.value.code == "INVALID_ARGUMENT"
     assert ra.missing() == list(range(1, len(ranges)))
     assert ra.holes()[0] == ranges[1]
+    assert bytes(ra.payload()[hs + 256:]) == bytes(len(body) - 256)   # holes read as zeros
     for i, (a, b) in enumerate(ranges[1:], 1):
         ra.add(i, a, body[a:b], crc32(body[a:b]))
     assert ra.complete
@@ -82,13 +84,33 @@ def test_reassembly_replays_crc_and_holes():
     assert e.value.code == "RESOURCE_EXHAUSTED"
 
 
-def test_buffer_budget_bounds_and_times_out():
+def test_buffer_budget_bounds_recycles_and_times_out():
     b = BufferBudget(100)
     assert b.acquire(60, 0.1)
+    buf = b.take(60)
     assert not b.acquire(60, 0.05)
+    b.release(60, buf)
+    assert b.acquire(60, 0.1) and b.take(60) is buf            # recycled, not reallocated
     b.release(60)
     assert b.acquire(100, 0.1)
-    assert not b.acquire(101, 0.1)
+    assert not b.acquire(1, 0.05)
+    b.release(100)
+    assert b.acquire(150, 0.1)                                  # one oversized push may run alone
+
+
+def test_hand_parser_matches_protobuf():
+    from thinwire.transport import chunk_bytes, parse_chunk
+
+    body = memoryview(bytes(range(256)) * 10)
+    raw = chunk_bytes(pb2, -3, 7, 5, 9, 1024, body[1024:2048])
+    c, ref = parse_chunk(pb2, raw), pb2.UpdateChunk.FromString(raw)
+    assert (c.round, c.client_id, c.seq, c.num_chunks, c.offset, c.crc32, bytes(c.payload)) == \
+        (ref.round, ref.client_id, ref.seq, ref.num_chunks, ref.offset, ref.crc32, ref.payload)
+    h = pb2.UpdateChunk(round=1, client_id=2, header=pb2.PushHeader(body_size=3, encoded_header=b"abc"))
+    assert parse_chunk(pb2, h.SerializeToString()).header == h.header
+    for bad in (raw[:-5], b"\x08", b"\x0f\x00", b"\x42\x05ab"):
+        with pytest.raises(ValueError):
+            parse_chunk(pb2, bad)
 
 
 def test_link_drops_exactly_the_simulated_chunks():

@@ -72,7 +72,7 @@ class AllreduceConfig:
     hidden: list = _f([64, 64], "MLP hidden sizes, e.g. 64,64")
     # optimisation
     batch_size: int = _f(16, "per-worker batch size (global batch = workers * batch size)")
-    epochs: int = _f(30, "training epochs over the training set")
+    epochs: int = _f(40, "training epochs over the training set")
     lr: float = _f(0.05, "base learning rate")
     momentum: float = _f(0.9, "momentum (local per worker for ef/def/defa, on the mean gradient for sgd)")
     weight_decay: float = _f(5e-4, "weight decay, added to the gradient at the evaluation point")

@@ -235,6 +235,7 @@ class Reassembly:
     """
 
     def __init__(self, header, *, max_update_bytes: int, max_chunk_size: int = MAX_CHUNK_SIZE) -> None:
+        """Validates the header; the buffer itself is attached by `attach` once budget is granted."""
         hsize = len(header.encoded_header)
         if hsize < 8:
             raise WireError("INVALID_ARGUMENT", "push header: encoded_header is missing or truncated")
@@ -256,12 +257,20 @@ class Reassembly:
         self.chunk_size = int(header.chunk_size)
         self.encoded_header = bytes(header.encoded_header)
         self.sha = bytes(header.body_sha256)
-        self.buf = bytearray(total)
-        self.buf[:hsize] = header.encoded_header
+        self.buf = bytearray()
         self.have = np.zeros(len(self.ranges), dtype=bool)
         if self.body_size == 0:
             self.have[:] = True
         self.nbytes = total
+
+    def attach(self, buf: bytearray | None = None) -> None:
+        """Give the push its buffer (possibly recycled: every byte is written before it is read,
+        and holes are zeroed when the body is delivered incomplete)."""
+        buf = bytearray(self.nbytes) if buf is None else buf
+        if len(buf) != self.nbytes:
+            raise ValueError("buffer size mismatch")
+        buf[:self.header_size] = self.encoded_header
+        self.buf = buf
 
     def same_header(self, header) -> bool:
         return (bytes(header.encoded_header) == self.encoded_header and header.body_size == self.body_size
@@ -292,7 +301,12 @@ class Reassembly:
         return [int(i) for i in np.flatnonzero(~self.have)]
 
     def holes(self) -> list[tuple[int, int]]:
-        return [self.ranges[i] for i in self.missing()]
+        """Body byte ranges never received; zeroed in the buffer, as `Encoded.from_bytes` expects."""
+        out = [self.ranges[i] for i in self.missing()]
+        h = self.header_size
+        for a, b in out:
+            self.buf[h + a:h + b] = bytes(b - a)
+        return out
 
     def verify(self) -> None:
         """Check the optional whole-body sha256 (every chunk's crc32 was checked on arrival)."""
@@ -306,11 +320,15 @@ class Reassembly:
 
 
 class BufferBudget:
-    """Caps the bytes held in reassembly buffers across all in-flight pushes (bounded memory)."""
+    """Caps the bytes held in reassembly buffers across all in-flight pushes (bounded memory) and
+    recycles finished buffers, so a steady stream of same-size updates does not page-fault a fresh
+    model-size allocation for every push. Idle pooled buffers count against the same cap."""
 
     def __init__(self, limit: int) -> None:
         self.limit = int(limit)
         self.used = 0
+        self._pool: dict[int, list[bytearray]] = {}
+        self._pooled = 0
         self._cv = threading.Condition()
 
     def acquire(self, nbytes: int, timeout: float) -> bool:
@@ -323,12 +341,121 @@ class BufferBudget:
                     return False
                 self._cv.wait(left)
             self.used += nbytes
+            while self._pooled and self.used + self._pooled > self.limit and not self._pool.get(nbytes):
+                self._evict()
             return True
 
-    def release(self, nbytes: int) -> None:
+    def _evict(self) -> None:
+        size = next(iter(self._pool))
+        bufs = self._pool[size]
+        bufs.pop()
+        self._pooled -= size
+        if not bufs:
+            del self._pool[size]
+
+    def take(self, nbytes: int) -> bytearray:
+        """A buffer of exactly `nbytes` (recycled if one is pooled; contents are stale)."""
+        with self._cv:
+            bufs = self._pool.get(nbytes)
+            if bufs:
+                self._pooled -= nbytes
+                buf = bufs.pop()
+                if not bufs:
+                    del self._pool[nbytes]
+                return buf
+        return bytearray(nbytes)
+
+    def release(self, nbytes: int, buf: bytearray | None = None) -> None:
         with self._cv:
             self.used = max(0, self.used - nbytes)
+            if buf is not None and len(buf) == nbytes and self.used + self._pooled + nbytes <= self.limit:
+                self._pool.setdefault(nbytes, []).append(buf)
+                self._pooled += nbytes
             self._cv.notify_all()
+
+
+class Chunk:
+    """An UpdateChunk parsed without copying its payload (a memoryview into the received bytes)."""
+
+    __slots__ = ("round", "client_id", "seq", "num_chunks", "offset", "payload", "crc32", "header")
+
+    def __init__(self) -> None:
+        self.round = self.client_id = self.seq = self.num_chunks = self.offset = self.crc32 = 0
+        self.payload: memoryview | bytes = b""
+        self.header = None
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint longer than 10 bytes")
+
+
+def _signed(v: int, bits: int) -> int:
+    v &= (1 << 64) - 1
+    v = v - (1 << 64) if v >= 1 << 63 else v
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if not lo <= v <= hi:
+        raise ValueError(f"int{bits} out of range")
+    return v
+
+
+def parse_chunk(pb2, data: bytes) -> Chunk:
+    """Parse a serialized UpdateChunk (protobuf wire format); raises ValueError when malformed.
+
+    Equivalent to `UpdateChunk.FromString` except that the payload stays a view of `data`: the
+    server copies each chunk once, from the socket buffer into the reassembly buffer."""
+    c = Chunk()
+    mv = memoryview(data)
+    n, pos = len(data), 0
+    try:
+        while pos < n:
+            key, pos = _read_varint(data, pos)
+            field, wt = key >> 3, key & 7
+            if wt == 0:
+                v, pos = _read_varint(data, pos)
+                if field == 1:
+                    c.round = _signed(v, 64)
+                elif field == 2:
+                    c.client_id = _signed(v, 32)
+                elif field in (3, 4, 7):
+                    if v >= 1 << 32:
+                        raise ValueError(f"field {field}: uint32 out of range")
+                    setattr(c, {3: "seq", 4: "num_chunks", 7: "crc32"}[field], v)
+                elif field == 5:
+                    c.offset = v
+            elif wt == 2:
+                ln, pos = _read_varint(data, pos)
+                end = pos + ln
+                if end > n:
+                    raise ValueError("length-delimited field overruns the message")
+                if field == 6:
+                    c.payload = mv[pos:end]
+                elif field == 8:
+                    c.header = pb2.PushHeader.FromString(mv[pos:end])
+                pos = end
+            elif wt == 1:
+                pos += 8
+            elif wt == 5:
+                pos += 4
+            else:
+                raise ValueError(f"unsupported wire type {wt}")
+        if pos != n:
+            raise ValueError("truncated message")
+    except IndexError:
+        raise ValueError("truncated message") from None
+    except Exception as e:  # protobuf DecodeError of a broken header
+        if isinstance(e, ValueError):
+            raise
+        raise ValueError(f"bad header: {e}") from None
+    return c
 
 
 def model_messages(pb2, *, version: int, rnd: int, blob: bytes, header_size: int, chunk_size: int,
@@ -393,5 +520,5 @@ def receive_model(stream, counter: ByteCounter | None = None, link: Link | None 
 
 
 __all__ = ["GRPC_FRAME", "MAX_CHUNK_SIZE", "ByteCounter", "Link", "Reassembly", "BufferBudget", "WireError",
-           "crc32", "sha256", "wire_size", "split", "update_messages", "chunk_bytes", "model_messages", "receive_model",
+           "crc32", "sha256", "wire_size", "split", "update_messages", "chunk_bytes", "Chunk", "parse_chunk", "model_messages", "receive_model",
            "channel_options", "server_options", "message_limit"]
