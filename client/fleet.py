@@ -98,7 +98,7 @@ class Fleet:
             vc.joined = True
 
     def setup(self) -> None:
-        from thinwire.sim.worker import make_dataset
+        from thinwire.data import dataset_from_config
 
         torch.set_num_threads(self.opts.torch_threads)
         first = self.opts.client_ids[0]
@@ -111,7 +111,7 @@ class Fleet:
         bad = [c for c in self.opts.client_ids if c >= cfg.clients]
         if bad:
             raise ServerUnavailable(f"client ids {bad} are out of range: the run has clients 0..{cfg.clients - 1}")
-        data = make_dataset(cfg)
+        data = dataset_from_config(cfg)
         self._data = data
         for cid in self.opts.client_ids:
             x, y = data.client_data(cid)
@@ -126,8 +126,8 @@ class Fleet:
     def _model(self):
         m = getattr(self._local, "model", None)
         if m is None:
-            from thinwire.sim.worker import make_model
-            m = self._local.model = make_model(self.cfg, self._data)
+            from thinwire.models import model_from_config
+            m = self._local.model = model_from_config(self.cfg, self._data)
         return m
 
     # -- heartbeats -----------------------------------------------------------------------------
@@ -191,6 +191,10 @@ class Fleet:
             elif e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED):
                 log.info("client %d: push interrupted (%s); will ask for the task again", vc.cid, e.code().name)
                 return "retry"
+            elif e.code() == grpc.StatusCode.FAILED_PRECONDITION and ("is closed" in (e.details() or "")
+                                                                      or "finished" in (e.details() or "")):
+                log.info("client %d: round %d closed before the update arrived", vc.cid, rnd)
+                outcome = "late"               # over-committed and slower than the first K: normal
             else:
                 log.warning("client %d: push for round %d refused: %s: %s", vc.cid, rnd, e.code().name, e.details())
                 outcome = "refused"

@@ -20,7 +20,7 @@ from thinwire.errors import UserError
 from thinwire.protos import thinwire_pb2 as pb2
 from thinwire.protos import thinwire_pb2_grpc as pb2_grpc
 from thinwire.security import ClientSecurity, open_channel
-from thinwire.transport import (ByteCounter, Link, channel_options, crc32, receive_model, sha256, split,
+from thinwire.transport import (ByteCounter, Link, channel_options, receive_model, sha256, split,
                                 update_messages)
 
 log = logging.getLogger("thinwire.client")
@@ -158,4 +158,4 @@ def _pid() -> int:
     return os.getpid()
 
 
-__all__ = ["Connection", "Backoff", "ServerUnavailable", "RETRYABLE", "crc32"]
+__all__ = ["Connection", "Backoff", "ServerUnavailable", "RETRYABLE"]

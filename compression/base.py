@@ -88,7 +88,7 @@ class Encoded:
     numel: int
     dtype: str = "float32"
     meta: dict[str, Any] = field(default_factory=dict)
-    sections: dict[str, bytes] = field(default_factory=dict)
+    sections: dict[str, bytes | memoryview] = field(default_factory=dict)
     # Byte ranges [start, end) of the body lost in transit (filled with zeros). Only codecs with
     # `supports_holes` decode around them; the transport fills this in, never the encoder.
     holes: list[tuple[int, int]] = field(default_factory=list)
@@ -161,7 +161,8 @@ class Encoded:
             for name, size in header["sections"]:
                 if size < 0 or pos + size > len(data):
                     raise ValueError("section overruns payload")
-                sections[str(name)] = bytes(data[pos:pos + size])
+                # Zero-copy views into `data`: decoding copies once into a tensor; call to_bytes() to own.
+                sections[str(name)] = data[pos:pos + size]
                 pos += size
             if pos != len(data):
                 raise ValueError("trailing bytes after last section")

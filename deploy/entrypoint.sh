@@ -4,7 +4,8 @@
 # Roles
 #   server | client | launch | certs | simulate | ...   run `thinwire ROLE`, with flags from env
 #   health                probe the gRPC server's Status RPC (docker healthcheck); exit 0 = serving
-#   ray-head              `ray start --head` in the foreground (GCS 6379, client 10001, dashboard 8265)
+#   ray-head              `ray start --head` in the foreground (GCS 6379, client 10001; dashboard 8265
+#                         when THINWIRE_RAY_DASHBOARD=true)
 #   ray-worker            `ray start --address $THINWIRE_RAY_HEAD` in the foreground
 #   ray-health            exit 0 when the Ray GCS at $THINWIRE_RAY_HEAD answers
 #   ray-launch            join the Ray cluster as a 0-CPU node, wait for $THINWIRE_RAY_NODES nodes,
@@ -76,14 +77,46 @@ for act in sub._actions:
         flags += [opt, val]
 
 if cmd == "client" and "--client-id-start" not in given and "THINWIRE_CLIENT_ID_START" not in os.environ:
-    n = None
+    def ptr_name(ip, server="127.0.0.11"):
+        """Reverse lookup at Docker's embedded DNS (it names containers; /etc/hosts has only the id)."""
+        import random, struct
+        qname = b"".join(bytes([len(p)]) + p.encode() for p in [*reversed(ip.split(".")), "in-addr", "arpa"])
+        qid = random.randrange(1 << 16)
+        query = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + qname + b"\0" + struct.pack(">HH", 12, 1)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(2.0)
+            s.sendto(query, (server, 53))
+            msg = s.recv(4096)
+        rid, flags, qd, an = struct.unpack(">HHHH", msg[:8])
+        if rid != qid or flags & 0xF or an < 1:
+            return None
+
+        def name_at(off):
+            labels = []
+            while msg[off]:
+                if msg[off] & 0xC0 == 0xC0:       # compression pointer
+                    labels.append(name_at(struct.unpack(">H", msg[off:off + 2])[0] & 0x3FFF)[0])
+                    return ".".join(labels), off + 2
+                labels.append(msg[off + 1:off + 1 + msg[off]].decode())
+                off += 1 + msg[off]
+            return ".".join(labels), off + 1
+
+        off = name_at(12)[1] + 4                  # skip the question
+        for _ in range(an):
+            off = name_at(off)[1]
+            rtype, _c, _t, rdlen = struct.unpack(">HHIH", msg[off:off + 10])
+            if rtype == 12:
+                return name_at(off + 10)[0]
+            off += 10 + rdlen
+        return None
+
+    n, fqdn = None, "?"
     try:
-        ip = socket.gethostbyname(socket.gethostname())
-        fqdn = socket.gethostbyaddr(ip)[0]
+        fqdn = ptr_name(socket.gethostbyname(socket.gethostname())) or "?"
         m = re.search(r"[-_](\d+)$", fqdn.split(".")[0])
         n = int(m.group(1)) if m else None
-    except OSError:
-        fqdn = "?"
+    except Exception as e:  # no embedded DNS (plain `docker run`), timeout, odd reply
+        fqdn = f"? ({e})"
     if n is None:
         print(f"thinwire-entrypoint: no replica number in my name ({fqdn}); using --client-id-start 0",
               file=sys.stderr)
@@ -159,6 +192,14 @@ if [[ -n ${THINWIRE_TOKEN_FILE:-} && -z ${THINWIRE_TOKEN:-} && -r ${THINWIRE_TOK
   export THINWIRE_TOKEN
 fi
 
+# Ray's components wait for each other's port files; on a loaded laptop they need longer than the
+# default before a node gives up.
+export RAY_agent_register_timeout_ms=${RAY_agent_register_timeout_ms:-120000}
+export RAY_USAGE_STATS_ENABLED=${RAY_USAGE_STATS_ENABLED:-0}
+export RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=${RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO:-0}
+# The dashboard (needed by `ray job submit`) is opt-in: THINWIRE_RAY_DASHBOARD=true.
+RAY_DASHBOARD=${THINWIRE_RAY_DASHBOARD:-false}
+
 ray_common=(--num-cpus="$RAY_CPUS" --object-store-memory=$((RAY_OBJ_MB * 1024 * 1024))
             --disable-usage-stats)
 
@@ -184,7 +225,7 @@ case "$role" in
   ray-head)
     port=${RAY_HEAD##*:}
     exec ray start --head --port="$port" --ray-client-server-port=10001 \
-      --dashboard-host=0.0.0.0 --dashboard-port=8265 --include-dashboard=true \
+      --dashboard-host=0.0.0.0 --dashboard-port=8265 --include-dashboard="$RAY_DASHBOARD" \
       "${ray_common[@]}" --block "$@" ;;
   ray-worker)
     exec ray start --address="$RAY_HEAD" "${ray_common[@]}" --block "$@" ;;

@@ -47,7 +47,7 @@ class ServeOptions:
     heartbeat_timeout: float = 5.0      # a client silent this long is gone (its round slot freed)
     join_wait: float = 30.0             # wait this long for ceil(K*overcommit) live clients, then take what is there
     max_update_bytes: int = 0           # 0 = 4 x the fp32 model + 1 MiB
-    buffer_budget: int = 0              # reassembly bytes across pushes in flight; 0 = max(64 MiB, 2 fp32 models)
+    buffer_budget: int = 0              # reassembly bytes across pushes in flight; 0 = max(32 MiB, 2 fp32 models)
     push_wait: float = 60.0             # how long a push waits for buffer budget before UNAVAILABLE
     emulate: bool = False               # apply the run's fault model on every client link
     time_scale: float = 1.0             # multiplies emulated delays and the round deadline
@@ -79,10 +79,12 @@ class ClientInfo:
 
 
 def tune_malloc() -> None:
-    """Keep glibc from hoarding freed chunk buffers: a fixed mmap threshold (model-size buffers are
-    unmapped when freed, chunk-size ones reuse the heap) and two arenas for the many handler
-    threads. Without it the server's RSS grows with the number of concurrent streams instead of
-    staying at the in-flight budget plus one update being decoded."""
+    """Stop glibc from hoarding freed chunk buffers. By default its mmap threshold rises to the
+    largest block freed so far, after which every 1 MiB message buffer of every handler thread is
+    carved from the heap and the fragmented heap is never given back: the RSS then grew with the
+    number of concurrent streams (+440 MB at 100 streams in `thinwire bench wire`). A fixed
+    256 KiB threshold maps such buffers and unmaps them on free (+50 MB), and two arenas stop
+    per-thread heaps from multiplying what is left."""
     import ctypes
     import ctypes.util
 
@@ -91,7 +93,7 @@ def tune_malloc() -> None:
         return
     try:
         libc = ctypes.CDLL(name)
-        libc.mallopt(-3, 8 << 20)           # M_MMAP_THRESHOLD (fixed: no dynamic growth)
+        libc.mallopt(-3, 256 << 10)         # M_MMAP_THRESHOLD (fixed: no dynamic growth)
         libc.mallopt(-8, 2)                 # M_ARENA_MAX
     except (OSError, AttributeError):
         pass
@@ -137,7 +139,7 @@ class ParameterServer:
         self.holes_ok = cfg.loss_policy == "holes" and self.codec.supports_holes
         model_bytes = 4 * self.numel
         self.max_update_bytes = opts.max_update_bytes or 4 * model_bytes + (1 << 20)
-        self.budget = BufferBudget(opts.buffer_budget or max(64 << 20, 2 * model_bytes))
+        self.budget = BufferBudget(opts.buffer_budget or max(32 << 20, 2 * model_bytes))
         self.up, self.down = ByteCounter(), ByteCounter()
         self.lock = threading.RLock()
         self.agg_lock = threading.Lock()             # taken before `lock`, never after it
@@ -173,12 +175,13 @@ class ParameterServer:
 
     # -- model ----------------------------------------------------------------------------------
     def _build_model(self):
-        from thinwire.sim.worker import make_dataset, make_model
+        from thinwire.data import dataset_from_config
+        from thinwire.models import model_from_config
         from thinwire.training import evaluate, get_flat, model_spec, set_flat
 
         torch.manual_seed(self.cfg.seed)                  # same initial model as `thinwire simulate`
-        data = make_dataset(self.cfg)
-        model = make_model(self.cfg, data)
+        data = dataset_from_config(self.cfg)
+        model = model_from_config(self.cfg, data)
         spec = model_spec(model)
         x_test, y_test = data.test_data()
 
@@ -192,8 +195,9 @@ class ParameterServer:
     def current_round(self) -> int:
         return self.round_state.round if self.round_state is not None else self.rounds_done
 
-    def model_blob(self, version: int, codec_spec: str) -> tuple[bytes, int, bytes]:
-        """The encoded global model of `version` (cached: one copy shared by all downloads)."""
+    def model_blob(self, version: int, codec_spec: str) -> tuple[bytes, int, bytes, int]:
+        """(Encoded bytes, header size, body sha256, version) of the global model; cached, so all
+        downloads of one version share one copy."""
         with self.lock:
             if version not in (-1, self.rounds_done):
                 raise WireError("FAILED_PRECONDITION",
@@ -202,7 +206,7 @@ class ParameterServer:
             key = (version, codec_spec or "identity")
             hit = self._blobs.get(key)
             if hit is not None:
-                return hit
+                return (*hit, version)
             vec = self.global_vec
         try:
             codec = compression.from_spec(codec_spec or "identity")
@@ -217,7 +221,7 @@ class ParameterServer:
                 if len(self._blobs) >= 4:
                     self._blobs.clear()
                 self._blobs[key] = entry
-        return entry
+        return (*entry, version)
 
     # -- clients --------------------------------------------------------------------------------
     def check_client(self, cid: int) -> None:
@@ -323,7 +327,7 @@ class ParameterServer:
             except WireError:
                 self._release(key)
                 raise
-            if not self.budget.acquire(ra.nbytes, self.opts.push_wait):
+            if not self.budget.acquire(ra.cost, self.opts.push_wait):
                 self._release(key)
                 raise WireError("UNAVAILABLE", f"server busy: no reassembly buffer free within {self.opts.push_wait:g} s; "
                                 "retry later")
@@ -340,7 +344,7 @@ class ParameterServer:
         with self.lock:
             ra = self.partial.pop(key, None)
         if ra is not None:
-            self.budget.release(ra.nbytes, ra.buf)
+            self.budget.release(ra.cost, ra.buf)
             ra.buf = bytearray()
 
     def abort_push(self, key: tuple[int, int]) -> None:
@@ -397,7 +401,7 @@ class ParameterServer:
                         payload.release()
                     except BufferError:
                         pass
-                    self.budget.release(ra.nbytes, ra.buf)
+                    self.budget.release(ra.cost, ra.buf)
                     ra.buf = bytearray()
                 if update.numel() != self.numel:
                     raise WireError("INVALID_ARGUMENT", f"update decodes to {update.numel()} elements, the model "

@@ -78,10 +78,9 @@ class Servicer(pb2_grpc.ParameterServerServicer):
     def GetModel(self, request, context):
         self._who(context, request.client_id)
         try:
-            blob, hsize, sha = self.ps.model_blob(request.model_version, request.codec)
+            blob, hsize, sha, version = self.ps.model_blob(request.model_version, request.codec)
         except WireError as e:
             _abort(context, e)
-        version = self.ps.rounds_done
         yield from model_messages(pb2, version=version, rnd=version, blob=blob, header_size=hsize,
                                   chunk_size=self.ps.cfg.chunk_size, sha=sha, counter=self.ps.down)
 

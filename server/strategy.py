@@ -67,7 +67,7 @@ class FedAvg(Strategy):
         if update.shape != self._sum.shape:
             raise ValueError(f"update: shape {tuple(update.shape)} does not match model {tuple(self._sum.shape)}")
         w = float(max(num_samples, 0))
-        self._sum.add_(update.to(torch.float64), alpha=w)
+        self._sum.add_(update, alpha=w)  # promoted on the fly, no float64 copy of the update
         self._weight += w
         self._count += 1
         for k, v in (metrics or {}).items():

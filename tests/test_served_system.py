@@ -1,6 +1,6 @@
 """Served mode with real processes on 127.0.0.1: `thinwire server` + `thinwire client` processes.
 
-- 3 client processes train 4 rounds to accuracy well above chance; one is killed (SIGKILL) mid-round
+- 3 client processes train 3 rounds to accuracy well above chance; one is killed (SIGKILL) mid-round
   and the round still closes in time; restarted, it rejoins and is aggregated again.
 - the server is killed (SIGKILL) mid-run and restarted with --resume: the run finishes with every
   (round, client) accepted exactly once.
@@ -75,7 +75,7 @@ def test_three_clients_kill_and_rejoin(tmp_path):
     port = _free_port()
     run = tmp_path / "served"
     # emulated compute (~1-3 s per client round) makes "mid-round" a wide, reliable window
-    srv = _server(tmp_path, port, "--name", "served", "--clients", "3", "--per-round", "3", "--rounds", "4",
+    srv = _server(tmp_path, port, "--name", "served", "--clients", "3", "--per-round", "3", "--rounds", "3",
                   "--lr", "0.1", "--deadline", "8", "--emulate", "--compute-per-sample", "0.003", "--join-wait", "30")
     clients = {k: _client(tmp_path, port, k) for k in range(3)}
     procs = [srv, *clients.values()]
@@ -93,8 +93,8 @@ def test_three_clients_kill_and_rejoin(tmp_path):
         codes = _finish([srv, clients[0], clients[1], restarted], 150)
         assert codes == [0, 0, 0, 0], (codes, (tmp_path / "server.log").read_text()[-3000:])
         rows = _rows(run / "metrics.jsonl")
-        assert [r["round"] for r in rows] == [0, 1, 2, 3]
-        assert any(2 in r["accepted_clients"] for r in rows[2:]), "restarted client never rejoined a round"
+        assert [r["round"] for r in rows] == [0, 1, 2]
+        assert 2 in rows[2]["accepted_clients"], "restarted client did not rejoin round 2"
         assert rows[-1]["accuracy"] > 0.3                 # 10 classes: chance is 0.1
         log = (tmp_path / "client0.log").read_text()
         assert "updates accepted" in log
@@ -107,14 +107,14 @@ def test_three_clients_kill_and_rejoin(tmp_path):
 def test_server_crash_and_resume_counts_each_update_once(tmp_path):
     port = _free_port()
     run = tmp_path / "crash"
-    args = ["--name", "crash", "--clients", "3", "--per-round", "3", "--rounds", "5", "--emulate",
+    args = ["--name", "crash", "--clients", "3", "--per-round", "3", "--rounds", "4", "--emulate",
             "--compute-per-sample", "0.002"]
     srv = _server(tmp_path, port, *args)
     fleet = _client(tmp_path, port, 0, n=3, log="fleet.log")
     procs = [srv, fleet]
     try:
-        _wait_for(lambda: len(_rows(run / "metrics.jsonl")) >= 2, 120, "two rounds", procs)
-        time.sleep(0.5)                                   # round 2 in progress: updates in flight are lost
+        _wait_for(lambda: len(_rows(run / "metrics.jsonl")) >= 1, 120, "round 0", procs)
+        time.sleep(0.5)                                   # round 1 in progress: updates in flight are lost
         srv.send_signal(signal.SIGKILL)
         srv.wait(10)
         done_before = len(_rows(run / "accepted.jsonl"))
@@ -125,12 +125,11 @@ def test_server_crash_and_resume_counts_each_update_once(tmp_path):
         assert codes == [0, 0], (codes, (tmp_path / "server-resumed.log").read_text()[-3000:],
                                  (tmp_path / "fleet.log").read_text()[-3000:])
         accepted = _rows(run / "accepted.jsonl")
-        assert [a["round"] for a in accepted] == [0, 1, 2, 3, 4]
+        assert [a["round"] for a in accepted] == [0, 1, 2, 3]
         for a in accepted:
             assert sorted(a["accepted"]) == [0, 1, 2], a       # none lost, none twice
-        assert [r["round"] for r in _rows(run / "metrics.jsonl")] == [0, 1, 2, 3, 4]
-        assert done_before >= 2
-        assert "resuming" in (tmp_path / "server-resumed.log").read_text() or True
+        assert [r["round"] for r in _rows(run / "metrics.jsonl")] == [0, 1, 2, 3]
+        assert 1 <= done_before < 4                       # the crash really happened mid-run
     finally:
         for p in procs:
             if p.poll() is None:

@@ -174,7 +174,7 @@ def _push_raw(conn, cid, rnd, payload, hs, *, chunk=1024, mutate=None, version=0
                             seqs=list(range(len(ranges))), link=Link(None, cid), attempt=0, counter=ByteCounter())]
     if mutate:
         msgs = mutate(msgs)
-    return conn._push(iter([m.SerializeToString() for m in msgs]), timeout=10, metadata=conn.security.metadata(cid))
+    return conn._push(iter([m.SerializeToString() for m in msgs]), timeout=60, metadata=conn.security.metadata(cid))
 
 
 def _code(fn):
@@ -277,6 +277,8 @@ def test_byte_accounting_is_exact(tmp_path):
         assert 5 * (n_chunks + 1) < up_c["framing_bytes"] < 40 * (n_chunks + 1) + 200
         down_c, down_s = conn.down.snapshot(), h.ps.down.snapshot()
         assert down_c == down_s and down_c["payload_bytes"] == len(blob)
+        st = conn.stub.Status(pb2.StatusRequest(), timeout=5)
+        assert st.bytes_up_wire == up_s["wire_bytes"] and st.bytes_down_payload == len(blob)
         assert h.wait(20)
         row = __import__("json").loads((tmp_path / "wire" / "metrics.jsonl").read_text().splitlines()[0])
         assert row["bytes_up"] == up_s["wire_bytes"] and row["payload_up"] == enc.nbytes
@@ -312,6 +314,64 @@ def test_retransmit_and_holes_under_emulated_loss(tmp_path):
         assert c["payload_bytes"] + c["dropped_bytes"] == t.wire_bytes + (pushes - 1) * enc.header_size
         assert h.wait(20)
         assert torch.allclose(h.ps.global_vec, enc_decode(payload))
+    finally:
+        conn.close()
+        h.stop()
+
+
+def test_holes_policy_decodes_eden_around_lost_chunks(tmp_path):
+    """With --loss-policy holes and a codec that supports holes, lost chunks are never resent."""
+    import json
+
+    from thinwire.faults import NetworkModel
+    from thinwire.task import TaskSpec
+
+    h = _serve(tmp_path, clients=1, per_round=1, loss="iid", loss_prob=0.3, loss_policy="holes", seed=2,
+               codec="eden:bits=2", chunk_size=128)
+    h.ps.opts.emulate = True
+    conn = _conn(h.port)
+    try:
+        conn.join(0)
+        task = _train_task(conn, 0)
+        spec = TaskSpec.from_dict(json.loads(task.task_json))
+        codec = compression.from_spec(spec.codec)
+        update = torch.randn(NUMEL, generator=torch.Generator().manual_seed(1))
+        enc = codec.encode(update, spec.codec_context(None))
+        payload = enc.to_bytes()
+        net = NetworkModel.from_config(h.ps.cfg)
+        reply = conn.push(client_id=0, rnd=task.round, model_version=0, payload=payload, header_size=enc.header_size,
+                          num_samples=5, train_loss=0.1, link=Link(net, 0, "up", time_scale=0.0), chunk_size=128)
+        t = net.transfer(0, task.round, len(payload), "up", enc.header_size, policy="holes")
+        assert reply.result == pb2.PushReply.ACCEPTED and reply.holes == len(t.lost_chunks) > 0
+        assert conn.up.snapshot()["retransmitted_chunks"] == 0
+        assert h.wait(20)
+        row = json.loads((tmp_path / "wire" / "metrics.jsonl").read_text().splitlines()[0])
+        assert row["hole_chunks"] == len(t.lost_chunks) and row["dropped_chunks"] == len(t.lost_chunks)
+        # decoded around the holes: finite and still correlated with the true update
+        g = h.ps.global_vec
+        assert bool(torch.isfinite(g).all())
+        assert float(torch.nn.functional.cosine_similarity(g, update, dim=0)) > 0.5
+    finally:
+        conn.close()
+        h.stop()
+
+
+def test_compressed_model_download_and_bad_codec(tmp_path):
+    h = _serve(tmp_path, clients=1, per_round=1)
+    h.ps.global_vec = torch.linspace(-1, 1, NUMEL)
+    conn = _conn(h.port)
+    try:
+        conn.join(0)
+        ver, full = conn.get_model(0)
+        ver16, half = conn.get_model(0, codec="fp16")
+        assert ver == ver16 == 0 and len(half) < 0.6 * len(full)
+        enc = compression.Encoded.from_bytes(half)
+        assert enc.codec == "fp16"
+        assert torch.allclose(compression.get("fp16").decode(enc), h.ps.global_vec, atol=1e-3)
+        code, msg = _code(lambda: conn.get_model(0, codec="nope"))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "unknown codec" in msg
+        code, _ = _code(lambda: conn.get_model(0, version=5))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
     finally:
         conn.close()
         h.stop()

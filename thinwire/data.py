@@ -141,3 +141,10 @@ def federate(name: str, num_clients: int, partition: str = "iid", *, alpha: floa
     scheme = {"iid": "iid", "dirichlet": f"dirichlet(alpha={alpha:g})",
               "shards": f"shards({spc} per client)"}[partition]
     return PartitionedDataset(ds, parts, partition, scheme)
+
+
+def dataset_from_config(cfg) -> FederatedDataset:
+    """The federated data set a RunConfig describes (used by every engine, server and client)."""
+    return federate(cfg.dataset, cfg.clients, cfg.partition, alpha=cfg.alpha, shards_per_client=cfg.shards_per_client,
+                    seed=cfg.seed, path=cfg.data_path or None, synthetic_alpha=cfg.synthetic_alpha,
+                    synthetic_beta=cfg.synthetic_beta, standardize=cfg.standardize)

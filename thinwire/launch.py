@@ -136,6 +136,9 @@ def launch(cfg: RunConfig, opts, *, ray_address: str = "", client_actors: int = 
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+    import os
+
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")   # CPU actors: silence Ray's GPU env tip
     started = False
     if not ray.is_initialized():
         kw: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,

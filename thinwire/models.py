@@ -189,3 +189,8 @@ def model_size_bytes(model: nn.Module) -> int:
 
 def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def model_from_config(cfg, data) -> nn.Module:
+    """The model a RunConfig describes, sized from its data set."""
+    return build_model(cfg.model, tuple(data.input_shape), data.num_classes, hidden=tuple(cfg.hidden))

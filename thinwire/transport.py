@@ -53,11 +53,13 @@ def channel_options(chunk_size: int) -> list[tuple[str, int]]:
 
 
 def server_options(chunk_size: int) -> list[tuple[str, int]]:
+    """Server limits. BDP probing is off so each stream's HTTP/2 receive window stays at gRPC's
+    initial 64 KiB: with it on, windows grow to many MiB per stream and gRPC itself buffers that
+    much for every push waiting for reassembly budget, so memory grew with the number of streams."""
     limit = message_limit(chunk_size)
-    import os
-    extra = [("grpc.http2.bdp_probe", 0)] if os.environ.get("TW_NO_BDP") else []
     return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
-            ("grpc.http2.min_ping_interval_without_data_ms", 5000), ("grpc.so_reuseport", 0)] + extra
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000), ("grpc.so_reuseport", 0),
+            ("grpc.http2.bdp_probe", 0)]
 
 
 class WireError(Exception):
@@ -262,6 +264,9 @@ class Reassembly:
         if self.body_size == 0:
             self.have[:] = True
         self.nbytes = total
+        # Budget charged for this push: its buffer plus the chunk being placed and one more that
+        # gRPC may already hold for it, so memory stays bounded whatever the number of streams.
+        self.cost = total + 2 * self.chunk_size
 
     def attach(self, buf: bytearray | None = None) -> None:
         """Give the push its buffer (possibly recycled: every byte is written before it is read,
@@ -366,11 +371,13 @@ class BufferBudget:
         return bytearray(nbytes)
 
     def release(self, nbytes: int, buf: bytearray | None = None) -> None:
+        """Return `nbytes` of budget; `buf` (a finished push's buffer) is kept for reuse if it fits."""
         with self._cv:
             self.used = max(0, self.used - nbytes)
-            if buf is not None and len(buf) == nbytes and self.used + self._pooled + nbytes <= self.limit:
-                self._pool.setdefault(nbytes, []).append(buf)
-                self._pooled += nbytes
+            size = len(buf) if buf is not None else 0
+            if size and self.used + self._pooled + size <= self.limit:
+                self._pool.setdefault(size, []).append(buf)
+                self._pooled += size
             self._cv.notify_all()
 
 

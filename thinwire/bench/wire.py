@@ -96,10 +96,16 @@ def _tcp_bytes(port: int) -> tuple[int, int]:
     the kernel's TCP_INFO: what really crossed the socket, HTTP/2 framing included."""
     acked = recv = 0
     for fd_name in os.listdir("/proc/self/fd"):
-        fd = int(fd_name)
         try:
-            s = socket.socket(fileno=os.dup(fd))
+            if not os.readlink(f"/proc/self/fd/{fd_name}").startswith("socket:"):
+                continue
+            dup = os.dup(int(fd_name))
         except OSError:
+            continue
+        try:
+            s = socket.socket(fileno=dup)
+        except OSError:
+            os.close(dup)
             continue
         try:
             if s.family not in (socket.AF_INET, socket.AF_INET6) or s.type != socket.SOCK_STREAM:

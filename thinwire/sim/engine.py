@@ -28,7 +28,10 @@ from thinwire.task import TaskSpec, decode_update
 from thinwire.training import evaluate, get_flat, model_spec, set_flat
 
 from .store import ClientStateStore
-from .worker import SimWorker, make_dataset, make_model
+from thinwire.data import dataset_from_config
+from thinwire.models import model_from_config
+
+from .worker import SimWorker
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ class WorkerPool:
     """Ray actors running SimWorker; starts a local Ray unless attached to one."""
 
     def __init__(self, cfg: RunConfig) -> None:
+        """Start the actors without waiting for them: their imports overlap the driver's set-up."""
         import ray
 
         self._ray = ray
@@ -72,7 +76,11 @@ class WorkerPool:
         remote = ray.remote(SimWorker).options(**opts)
         cfg_dict = to_dict(cfg)
         self.actors = [remote.remote(cfg_dict) for _ in range(n)]
-        ray.get([a.ready.remote() for a in self.actors])
+
+    def load(self, data) -> None:
+        """Give every actor the driver's data set (one object-store copy) and wait until ready."""
+        ref = self._ray.put(data)
+        self._ray.get([a.load.remote(ref) for a in self.actors])
 
     def run(self, global_vec: torch.Tensor, jobs: list[tuple[dict, Any]]) -> list:
         ray = self._ray
@@ -96,12 +104,22 @@ def _hole_ranges(net: NetworkModel, t: Transfer) -> list[tuple[int, int]]:
 def simulate(cfg: RunConfig, *, resume: bool = False, pool: WorkerPool | None = None) -> RunResult:
     """Run a federated simulation; returns the per-round metrics (also in RUN_DIR/metrics.jsonl)."""
     cfg.validate()
+    wall0 = time.perf_counter()
+    own_pool = pool is None
+    pool = pool or WorkerPool(cfg)
+    try:
+        return _run(cfg, pool, resume, wall0)
+    finally:
+        if own_pool:
+            pool.close()
+
+
+def _run(cfg: RunConfig, pool: WorkerPool, resume: bool, wall0: float) -> RunResult:
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    wall0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    data = make_dataset(cfg)
-    model = make_model(cfg, data)
+    data = dataset_from_config(cfg)
+    model = model_from_config(cfg, data)
     spec = model_spec(model)
     x_test, y_test = data.test_data()
     summary_text = data.summary()
@@ -132,8 +150,7 @@ def simulate(cfg: RunConfig, *, resume: bool = False, pool: WorkerPool | None = 
     writer = MetricsWriter(run_dir, resume_after=ckpt["round"] if ckpt else None)
     (run_dir / "config.toml").write_text(_to_toml(to_dict(cfg)))
 
-    own_pool = pool is None
-    pool = pool or WorkerPool(cfg)
+    pool.load(data)
     metrics: list[dict[str, Any]] = []
     bar = _progress(cfg, start_round)
     try:
@@ -209,8 +226,6 @@ def simulate(cfg: RunConfig, *, resume: bool = False, pool: WorkerPool | None = 
     finally:
         if bar is not None:
             bar.close()
-        if own_pool:
-            pool.close()
     summary = summarize(metrics) if metrics else {}
     return RunResult(run_dir=run_dir, metrics=metrics, summary=summary)
 

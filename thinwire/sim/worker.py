@@ -9,31 +9,27 @@ import torch
 
 from thinwire.client.update import ClientResult, ClientState, run_client_round
 from thinwire.config import RunConfig, build
-from thinwire.data import federate
-from thinwire.models import build_model
+from thinwire.data import dataset_from_config
+from thinwire.models import model_from_config
 from thinwire.task import TaskSpec
 
 
-def make_dataset(cfg: RunConfig):
-    return federate(cfg.dataset, cfg.clients, cfg.partition, alpha=cfg.alpha, shards_per_client=cfg.shards_per_client,
-                    seed=cfg.seed, path=cfg.data_path or None, synthetic_alpha=cfg.synthetic_alpha,
-                    synthetic_beta=cfg.synthetic_beta, standardize=cfg.standardize)
-
-
-def make_model(cfg: RunConfig, ds) -> torch.nn.Module:
-    return build_model(cfg.model, tuple(ds.input_shape), ds.num_classes, hidden=tuple(cfg.hidden))
-
-
 class SimWorker:
-    """Plain class; the engine wraps it with ray.remote so it can also run in-process in tests."""
+    """Plain class; the engine wraps it with ray.remote so it can also run in-process.
+
+    The driver builds the data set once and hands it over with `load` (through Ray's object store),
+    so workers start in parallel with the driver's own set-up and never rebuild or re-partition.
+    """
 
     def __init__(self, cfg_dict: dict[str, Any], threads: int = 1) -> None:
         torch.set_num_threads(threads)
         self.cfg = build(RunConfig, cfg_dict)
-        self.data = make_dataset(self.cfg)
-        self.model = make_model(self.cfg, self.data)
+        self.data = None
+        self.model: torch.nn.Module | None = None
 
-    def ready(self) -> bool:
+    def load(self, data=None) -> bool:
+        self.data = data if data is not None else dataset_from_config(self.cfg)
+        self.model = model_from_config(self.cfg, self.data)
         return True
 
     def run(self, global_vec: torch.Tensor, jobs: list[tuple[dict[str, Any], ClientState | None]]) -> list[ClientResult]:
