@@ -11,15 +11,6 @@ from thinwire.compression import stats
 from thinwire.compression.qsgd import elias_gamma_decode, elias_gamma_encode
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Shared CI cores: intra-op threads only add contention at these sizes."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 D = 1 << 14
 ALL_SPECS = ["identity", "fp16", "bf16", "eden:bits=2", "eden:bits=0.5", "eden:bits=3.5", "randblock:ratio=16",
              "topk:fraction=0.01", "topk:fraction=0.3", "randk:fraction=0.1", "randk:fraction=0.1,unbiased=false",

@@ -10,14 +10,6 @@ from thinwire.bench import compression as bench
 from thinwire.errors import ConfigError, DataError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _args(**kw):
     p = argparse.ArgumentParser()
     bench.add_arguments(p)

@@ -16,15 +16,6 @@ from thinwire.compression.eden import (Eden, centroids, chunk_sizes, lloyd_max_m
 from thinwire.compression.eden_tables import HALF_CENTROIDS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Shared CI cores: intra-op threads only add contention at these sizes."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 D = 1 << 16
 SPEC_VNMSE = {1: 0.5708, 2: 0.1331, 3: 0.03578, 4: 0.009592}
 

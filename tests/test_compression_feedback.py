@@ -7,15 +7,6 @@ from thinwire.compression.feedback import make_memory
 from thinwire.compression.randblock import block_slices, gather, scatter
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Shared CI cores: intra-op threads only add contention at these sizes."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 SEGS = (40, 7, 81)
 D = sum(SEGS)
 

@@ -7,16 +7,6 @@ import torch
 from thinwire.compression import bitpack, hadamard as H
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Shared CI cores: intra-op threads only add contention at these sizes."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-
 def _dense_h(D):
     h = torch.ones(1, 1, dtype=torch.float64)
     while h.shape[0] < D:

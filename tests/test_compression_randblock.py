@@ -8,16 +8,6 @@ from thinwire import compression as C
 from thinwire.compression.randblock import block_slices, gather, kept_count, scatter, RandBlock
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Shared CI cores: intra-op threads only add contention at these sizes."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-
 @pytest.mark.parametrize("ratio", [1, 1.5, 7, 64, 1000.0])
 def test_kept_count_per_tensor_and_exact_split(ratio):
     segs = (1, 5, 64, 1000, 4097)

@@ -42,6 +42,9 @@ def log(msg: str) -> None:
 
 def sh(cmd: list[str], *, env: dict | None = None, timeout: float = 600, check: bool = True,
        capture: bool = True) -> subprocess.CompletedProcess:
+    # docker-compose v1 is a Python program of the host's own: keep this venv's paths out of it.
+    env = {k: v for k, v in (env if env is not None else os.environ).items()
+           if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     res = subprocess.run(cmd, cwd=REPO, env=env, timeout=timeout, text=True,
                          stdout=subprocess.PIPE if capture else None, stderr=subprocess.STDOUT if capture else None)
     if check and res.returncode != 0:

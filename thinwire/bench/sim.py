@@ -225,6 +225,7 @@ def run_flower(cfg: RunConfig) -> dict[str, Any]:
     level = flwr_log.level
     flwr_log.setLevel(logging.WARNING)       # Flower logs several INFO lines per round
     random.seed(cfg.seed)                    # Flower samples nodes with `random`
+    saved_env = dict(os.environ)             # Flower's Ray backend rewrites PYTHONPATH in-process
     try:
         run_simulation(server_app=server_app, client_app=_make_client_app(), num_supernodes=cfg.clients,
                        backend_name="ray", backend_config=backend_config)
@@ -232,6 +233,8 @@ def run_flower(cfg: RunConfig) -> dict[str, Any]:
     finally:
         flwr_log.setLevel(level)
         _shutdown_ray()
+        os.environ.clear()
+        os.environ.update(saved_env)
     if errors:
         raise errors[0]
     if len(curve) != cfg.rounds:
