@@ -20,7 +20,7 @@ import torch
 
 from thinwire import checkpoint, compression
 from thinwire.config import RunConfig, to_dict
-from thinwire.faults import NetworkModel, Transfer
+from thinwire.faults import NetworkModel
 from thinwire.metrics import MetricsWriter, format_table, human_bytes
 from thinwire.server.driver import RoundPolicy
 from thinwire.server.strategy import make_strategy
@@ -95,10 +95,6 @@ class WorkerPool:
             self._ray.kill(a)
         if self.started_ray:
             self._ray.shutdown()
-
-
-def _hole_ranges(net: NetworkModel, t: Transfer) -> list[tuple[int, int]]:
-    return net.holes(t) if t.lost_chunks else []
 
 
 def simulate(cfg: RunConfig, *, resume: bool = False, pool: WorkerPool | None = None) -> RunResult:
@@ -176,7 +172,7 @@ def _run(cfg: RunConfig, pool: WorkerPool, resume: bool, wall0: float) -> RunRes
             by_id = {r.client_id: r for r in results}
             for cid in outcome.accepted:
                 r = by_id[cid]
-                update = decode_update(r.payload, tasks[cid], spec.segments, _hole_ranges(net, uploads[cid]))
+                update = decode_update(r.payload, tasks[cid], spec.segments, net.holes(uploads[cid]))
                 strategy.accumulate(cid, update, r.num_samples, {"train_loss": r.train_loss})
             if policy.enough(len(outcome.accepted)):
                 global_vec, agg = strategy.finalize()
