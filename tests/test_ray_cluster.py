@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import launch_fleet_nodes
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,13 +150,7 @@ def test_launch_spreads_actors_over_two_ray_nodes(tmp_path):
         assert m, out[-3000:]
         server_node = m.group(1)
         assert server_node in node_ids
-        # Client actor table rows: "<index> | <node id prefix> | <ip> | a..b | ..." (any column separator).
-        fleet_nodes = set()
-        for line in out.splitlines():
-            cells = [c for c in re.split(r"\s*\|\s*|\s{2,}", line.strip()) if c]
-            if len(cells) >= 4 and cells[0].isdigit() and re.fullmatch(r"[0-9a-f]{8,}", cells[1]) \
-                    and re.fullmatch(r"\d+\.\.\d+", cells[3]):
-                fleet_nodes.add(cells[1])
+        fleet_nodes = launch_fleet_nodes(out)
         full = {p: [n for n in node_ids if n.startswith(p)] for p in fleet_nodes}
         assert all(len(v) == 1 for v in full.values()), (fleet_nodes, node_ids)
         assert len(fleet_nodes) == 2, f"client actors not spread over both nodes: {fleet_nodes}\n{out[-3000:]}"

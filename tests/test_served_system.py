@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from thinwire.collective import free_port
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _server(tmp_path: Path, port: int, *extra: str, log: str = "server.log") -> subprocess.Popen:
@@ -72,7 +67,7 @@ def _finish(procs, timeout=90.0) -> list[int]:
 
 
 def test_three_clients_kill_and_rejoin(tmp_path):
-    port = _free_port()
+    port = free_port()
     run = tmp_path / "served"
     # emulated compute (~1-3 s per client round) makes "mid-round" a wide, reliable window
     srv = _server(tmp_path, port, "--name", "served", "--clients", "3", "--per-round", "3", "--rounds", "3",
@@ -105,7 +100,7 @@ def test_three_clients_kill_and_rejoin(tmp_path):
 
 
 def test_server_crash_and_resume_counts_each_update_once(tmp_path):
-    port = _free_port()
+    port = free_port()
     run = tmp_path / "crash"
     args = ["--name", "crash", "--clients", "3", "--per-round", "3", "--rounds", "4", "--emulate",
             "--compute-per-sample", "0.002"]

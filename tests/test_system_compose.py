@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -30,6 +29,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from helpers import launch_fleet_nodes
+from thinwire.collective import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 ROUNDS = 5
@@ -51,12 +53,6 @@ def sh(cmd: list[str], *, env: dict | None = None, timeout: float = 600, check: 
         tail = "\n".join((res.stdout or "").splitlines()[-40:])
         raise AssertionError(f"{' '.join(cmd)} exited {res.returncode}:\n{tail}")
     return res
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def compose_command() -> list[str] | None:
@@ -235,17 +231,6 @@ def test_compose_served_run_finishes_with_tls(image):
         stack.down()
 
 
-def fleet_nodes(text: str) -> set[str]:
-    """Node ids of the client-fleet actors in `thinwire launch`'s result table."""
-    nodes = set()
-    for line in text.splitlines():
-        cells = [c for c in re.split(r"\s*\|\s*|\s{2,}", line.strip()) if c]
-        if len(cells) >= 4 and cells[0].isdigit() and re.fullmatch(r"[0-9a-f]{8,}", cells[1]) \
-                and re.fullmatch(r"\d+\.\.\d+", cells[3]):
-            nodes.add(cells[1])
-    return nodes
-
-
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
@@ -266,7 +251,7 @@ def test_compose_ray_profile_runs_launch_on_ray_nodes(image):
         assert "Ray cluster has 4 nodes" in text
         m = re.search(r"server actor: node ([0-9a-f]+) at (\S+)", text)
         assert m, text[-3000:]
-        nodes = fleet_nodes(text)
+        nodes = launch_fleet_nodes(text)
         assert len(nodes) == 2, f"client actors not spread over two Ray nodes: {nodes}\n{text[-3000:]}"
         rows = [json.loads(x) for x in read_container_file(launcher, "/data/runs/systest-ray/metrics.jsonl")
                 .splitlines() if x.strip()]

@@ -1,0 +1,16 @@
+"""Helpers shared by the system tests (importable because pytest puts tests/ on sys.path)."""
+from __future__ import annotations
+
+import re
+
+
+def launch_fleet_nodes(text: str) -> set[str]:
+    """Node-id prefixes of the client-fleet actors in `thinwire launch`'s printed actor table
+    (rows: "<index> | <node id prefix> | <ip> | a..b | ...", any column separator)."""
+    nodes = set()
+    for line in text.splitlines():
+        cells = [c for c in re.split(r"\s*\|\s*|\s{2,}", line.strip()) if c]
+        if len(cells) >= 4 and cells[0].isdigit() and re.fullmatch(r"[0-9a-f]{8,}", cells[1]) \
+                and re.fullmatch(r"\d+\.\.\d+", cells[3]):
+            nodes.add(cells[1])
+    return nodes
