@@ -3,7 +3,7 @@ any worker actor can run any virtual client and a 10,000-client fleet costs memo
 clients that actually carry state."""
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 from thinwire.client.update import ClientState
 
@@ -19,12 +19,6 @@ class ClientStateStore:
     def put(self, client_id: int, state: ClientState) -> None:
         if state.memory or state.rounds:
             self._states[client_id] = {"memory": state.memory, "rounds": state.rounds}
-
-    def __len__(self) -> int:
-        return len(self._states)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._states)
 
     def state_dict(self) -> dict[int, dict[str, Any]]:
         return dict(self._states)

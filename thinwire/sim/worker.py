@@ -1,5 +1,5 @@
 """A simulation worker: one Ray actor that executes many virtual clients per round (Flower-style
-batching). It builds the data set and model once from the run config; virtual clients are just
+batching). It builds the model once from the run config; virtual clients are just
 (client id, task, state) triples passed in, so it holds no per-client state itself."""
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import torch
 
 from thinwire.client.update import ClientResult, ClientState, run_client_round
 from thinwire.config import RunConfig, build
-from thinwire.data import dataset_from_config
 from thinwire.models import model_from_config
 from thinwire.task import TaskSpec
 
@@ -27,8 +26,8 @@ class SimWorker:
         self.data = None
         self.model: torch.nn.Module | None = None
 
-    def load(self, data=None) -> bool:
-        self.data = data if data is not None else dataset_from_config(self.cfg)
+    def load(self, data) -> bool:
+        self.data = data
         self.model = model_from_config(self.cfg, self.data)
         return True
 
