@@ -20,7 +20,7 @@ from thinwire.errors import UserError
 from thinwire.protos import thinwire_pb2 as pb2
 from thinwire.protos import thinwire_pb2_grpc as pb2_grpc
 from thinwire.security import ClientSecurity, open_channel
-from thinwire.transport import (ByteCounter, Link, channel_options, receive_model, sha256, split,
+from thinwire.transport import (ByteCounter, Link, channel_options, push_size_metadata, receive_model, sha256, split,
                                 update_messages)
 
 log = logging.getLogger("thinwire.client")
@@ -146,7 +146,10 @@ class Connection:
         for attempt in range(MAX_RETRANSMITS + 1):
             msgs = update_messages(pb2, rnd=rnd, client_id=client_id, header=header, body=body, ranges=ranges,
                                    seqs=seqs, link=link, attempt=attempt, counter=self.up)
-            reply = self._push(msgs, timeout=self.rpc_timeout * 10, metadata=self.security.metadata(client_id))
+            md = self.security.metadata(client_id)
+            if attempt == 0:                    # a retransmission resumes memory the server already holds
+                md += (push_size_metadata(len(payload), chunk_size),)
+            reply = self._push(msgs, timeout=self.rpc_timeout * 10, metadata=md)
             if reply.result != pb2.PushReply.INCOMPLETE:
                 return reply
             seqs = list(reply.missing)

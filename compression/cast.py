@@ -15,12 +15,18 @@ def tensor_to_bytes(x: torch.Tensor) -> bytes:
     return x.numpy().tobytes()
 
 
-def tensor_from_bytes(data: bytes, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
-    if dtype == torch.bfloat16:
-        return torch.from_numpy(np.frombuffer(data, dtype=np.int16).copy()).view(torch.bfloat16).to(device)
+def tensor_from_bytes(data: bytes | bytearray | memoryview, dtype: torch.dtype,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """A tensor of `data`'s little-endian values. Read-only data (bytes) is copied; writable data
+    (a bytearray or a view of one, e.g. the server's reassembly buffer) is shared, as with
+    `numpy.frombuffer`: the caller keeps it unchanged while the tensor is in use."""
     np_dtype = {torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64,
-                torch.int64: np.int64, torch.int32: np.int32, torch.uint8: np.uint8}[dtype]
-    return torch.from_numpy(np.frombuffer(data, dtype=np_dtype).copy()).to(device)
+                torch.bfloat16: np.int16, torch.int64: np.int64, torch.int32: np.int32, torch.uint8: np.uint8}[dtype]
+    arr = np.frombuffer(data, dtype=np_dtype)
+    if not arr.flags.writeable:
+        arr = arr.copy()
+    t = torch.from_numpy(arr)
+    return (t.view(torch.bfloat16) if dtype == torch.bfloat16 else t).to(device)
 
 
 class _Cast(Codec):

@@ -29,7 +29,7 @@ from thinwire.config import RunConfig, to_dict
 from thinwire.faults import NetworkModel
 from thinwire.metrics import MetricsWriter
 from thinwire.task import TaskSpec, decode_update
-from thinwire.transport import BufferBudget, ByteCounter, Reassembly, WireError, sha256
+from thinwire.transport import BODY_ALIGN, BufferBudget, ByteCounter, Reassembly, WireError, sha256
 
 from .driver import RoundPolicy
 from .strategy import make_strategy
@@ -47,7 +47,7 @@ class ServeOptions:
     heartbeat_timeout: float = 5.0      # a client silent this long is gone (its round slot freed)
     join_wait: float = 30.0             # wait this long for ceil(K*overcommit) live clients, then take what is there
     max_update_bytes: int = 0           # 0 = 4 x the fp32 model + 1 MiB
-    buffer_budget: int = 0              # reassembly bytes across pushes in flight; 0 = max(32 MiB, 2 fp32 models)
+    buffer_budget: int = 0              # reassembly bytes across pushes in flight; 0 = max(32 MiB, 2 fp32 pushes)
     push_wait: float = 60.0             # how long a push waits for buffer budget before UNAVAILABLE
     emulate: bool = False               # apply the run's fault model on every client link
     time_scale: float = 1.0             # multiplies emulated delays and the round deadline
@@ -76,27 +76,6 @@ class ClientInfo:
     last_seen: float
     hostname: str = ""
     left: bool = False
-
-
-def tune_malloc() -> None:
-    """Stop glibc from hoarding freed chunk buffers. By default its mmap threshold rises to the
-    largest block freed so far, after which every 1 MiB message buffer of every handler thread is
-    carved from the heap and the fragmented heap is never given back: the RSS then grew with the
-    number of concurrent streams (+440 MB at 100 streams in `thinwire bench wire`). A fixed
-    256 KiB threshold maps such buffers and unmaps them on free (+50 MB), and two arenas stop
-    per-thread heaps from multiplying what is left."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
-    try:
-        libc = ctypes.CDLL(name)
-        libc.mallopt(-3, 256 << 10)         # M_MMAP_THRESHOLD (fixed: no dynamic growth)
-        libc.mallopt(-8, 2)                 # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
 
 
 def parse_encoded_header(raw: bytes) -> dict[str, Any]:
@@ -139,7 +118,10 @@ class ParameterServer:
         self.holes_ok = cfg.loss_policy == "holes" and self.codec.supports_holes
         model_bytes = 4 * self.numel
         self.max_update_bytes = opts.max_update_bytes or 4 * model_bytes + (1 << 20)
-        self.budget = BufferBudget(opts.buffer_budget or max(32 << 20, 2 * model_bytes))
+        # Default: two full-precision pushes (with their per-push overhead), so one is received
+        # while the other is checked and folded into the sum.
+        push = Reassembly.charge(model_bytes + (1 << 16), cfg.chunk_size)
+        self.budget = BufferBudget(opts.buffer_budget or max(32 << 20, 2 * push))
         self.up, self.down = ByteCounter(), ByteCounter()
         self.lock = threading.RLock()
         self.agg_lock = threading.Lock()             # taken before `lock`, never after it
@@ -282,8 +264,51 @@ class ParameterServer:
         return self.cfg.deadline * self.opts.time_scale
 
     # -- pushes ---------------------------------------------------------------------------------
-    def begin_push(self, rnd: int, cid: int, header) -> Reassembly:
-        """Validate a push header against the open round; returns the (new or resumed) buffer."""
+    def reserve(self, nbytes: int, chunk_size: int) -> int:
+        """Reassembly budget for a push the client declared (`nbytes` Encoded bytes), taken before
+        its first message is read; returns the amount, which `begin_push` takes over."""
+        if nbytes > self.max_update_bytes:
+            raise WireError("RESOURCE_EXHAUSTED",
+                            f"update of {nbytes} bytes exceeds the server limit of {self.max_update_bytes} bytes")
+        cost = Reassembly.charge(nbytes, chunk_size)
+        if not self.budget.acquire(cost, self.opts.push_wait, nbytes + BODY_ALIGN):
+            raise WireError("UNAVAILABLE", f"server busy: no reassembly buffer free within {self.opts.push_wait:g} s; "
+                            "retry later")
+        return cost
+
+    def begin_push(self, rnd: int, cid: int, header, reserved: int = 0) -> Reassembly:
+        """Validate a push header against the open round; returns the (new or resumed) buffer.
+        Takes over `reserved` budget (from `reserve`): used for a new buffer, else given back."""
+        try:
+            key, ra = self._admit_push(rnd, cid, header)
+        except BaseException:
+            self.budget.release(reserved)
+            raise
+        if ra is not None:                  # resumes a partial push: its memory is already held
+            self.budget.release(reserved)
+            return ra
+        try:
+            ra = Reassembly(header, max_update_bytes=self.max_update_bytes)
+        except WireError:
+            self.budget.release(reserved)
+            self._release(key)
+            raise
+        if reserved >= ra.cost:
+            self.budget.release(reserved - ra.cost)
+        else:
+            self.budget.release(reserved)   # declared too little (or nothing): wait for the real size
+            if not self.budget.acquire(ra.cost, self.opts.push_wait, ra.buffer_size):
+                self._release(key)
+                raise WireError("UNAVAILABLE", f"server busy: no reassembly buffer free within "
+                                f"{self.opts.push_wait:g} s; retry later")
+        ra.attach(self.budget.take(ra.buffer_size))
+        with self.lock:
+            self.partial[key] = ra
+        return ra
+
+    def _admit_push(self, rnd: int, cid: int, header) -> tuple[tuple[int, int], Reassembly | None]:
+        """The protocol checks of a push header; marks (round, client) busy. Returns the key and the
+        partial push it resumes, if any."""
         self.check_client(cid)
         key = (rnd, cid)
         with self.lock:
@@ -321,20 +346,7 @@ class ParameterServer:
                 self._drop_partial(key)
                 ra = None
             self.busy.add(key)
-        if ra is None:
-            try:
-                ra = Reassembly(header, max_update_bytes=self.max_update_bytes)
-            except WireError:
-                self._release(key)
-                raise
-            if not self.budget.acquire(ra.cost, self.opts.push_wait):
-                self._release(key)
-                raise WireError("UNAVAILABLE", f"server busy: no reassembly buffer free within {self.opts.push_wait:g} s; "
-                                "retry later")
-            ra.attach(self.budget.take(ra.nbytes))
-            with self.lock:
-                self.partial[key] = ra
-        return ra
+        return key, ra
 
     def _release(self, key: tuple[int, int]) -> None:
         with self.lock:
@@ -344,8 +356,7 @@ class ParameterServer:
         with self.lock:
             ra = self.partial.pop(key, None)
         if ra is not None:
-            self.budget.release(ra.cost, ra.buf)
-            ra.buf = bytearray()
+            self.budget.release(ra.cost, ra.detach())
 
     def abort_push(self, key: tuple[int, int]) -> None:
         """A push failed validation: forget its buffer, count the rejection."""
@@ -393,43 +404,47 @@ class ParameterServer:
                     self.partial.pop(key, None)
                 payload = ra.payload()
                 try:
-                    update = decode_update(payload, task, self.segments, holes)
-                except ValueError as e:
-                    raise WireError("INVALID_ARGUMENT", f"cannot decode update: {e}") from None
+                    late = self._fold_in(rnd, cid, payload, task, header, holes)
                 finally:
-                    try:
-                        payload.release()
-                    except BufferError:
-                        pass
-                    self.budget.release(ra.cost, ra.buf)
-                    ra.buf = bytearray()
-                if update.numel() != self.numel:
-                    raise WireError("INVALID_ARGUMENT", f"update decodes to {update.numel()} elements, the model "
-                                    f"has {self.numel}")
-                # float64 sum: cannot overflow for finite float32 input, NaN/Inf propagate; no mask copy
-                if not bool(torch.isfinite(update.sum(dtype=torch.float64))):
-                    raise WireError("INVALID_ARGUMENT", "update contains NaN or Inf values")
-                # agg_lock serialises the strategy; the state lock is held only for bookkeeping so
-                # heartbeats and task requests are not stuck behind a model-size addition.
-                with self.agg_lock:
-                    with self.lock:
-                        rs = self.round_state
-                        late = (rs is None or rs.round != rnd or not rs.open or cid in rs.accepted or
-                                not self.policy.admit(len(rs.accepted), self._elapsed(rs)))
-                    if not late:
-                        self.strategy.accumulate(cid, update, int(header.num_samples),
-                                                 {"train_loss": float(header.train_loss)})
-                        with self.cv:
-                            rs.accepted.append(cid)
-                            rs.hole_chunks += len(holes)
-                            self.cv.notify_all()
-                del update
+                    payload.release()
+                    self.budget.release(ra.cost, ra.detach())
             if late:
                 self._record_late(rnd, cid)
                 return "late", [], 0
             return "accepted", [], len(holes)
         finally:
             self._release(key)
+
+    def _fold_in(self, rnd: int, cid: int, payload: memoryview, task: TaskSpec, header, holes) -> bool:
+        """Decode, check and accumulate one complete update; True when it came too late to count.
+
+        The decoded update may be a view of `payload` (fp32 bodies decode in place), so it is
+        dropped here, before the caller recycles the reassembly buffer."""
+        try:
+            update = decode_update(payload, task, self.segments, holes)
+        except ValueError as e:
+            raise WireError("INVALID_ARGUMENT", f"cannot decode update: {e}") from None
+        if update.numel() != self.numel:
+            raise WireError("INVALID_ARGUMENT", f"update decodes to {update.numel()} elements, the model "
+                            f"has {self.numel}")
+        # agg_lock serialises the strategy; the state lock is held only for bookkeeping so
+        # heartbeats and task requests are not stuck behind a model-size addition.
+        with self.agg_lock:
+            with self.lock:
+                rs = self.round_state
+                late = (rs is None or rs.round != rnd or not rs.open or cid in rs.accepted or
+                        not self.policy.admit(len(rs.accepted), self._elapsed(rs)))
+            if not late:
+                try:     # the strategy refuses what it cannot fold in (NaN, Inf, overflow) before changing its sum
+                    self.strategy.accumulate(cid, update, int(header.num_samples),
+                                             {"train_loss": float(header.train_loss)})
+                except ValueError as e:
+                    raise WireError("INVALID_ARGUMENT", str(e)) from None
+                with self.cv:
+                    rs.accepted.append(cid)
+                    rs.hole_chunks += len(holes)
+                    self.cv.notify_all()
+        return late
 
     def _record_late(self, rnd: int, cid: int) -> None:
         self._drop_partial((rnd, cid))
@@ -508,6 +523,7 @@ class ParameterServer:
                 rs.open = False
                 round_time = time.monotonic() - rs.started
                 accepted = list(rs.accepted)
+            self.budget.clear_pool()              # idle until the next round; finalize needs the room
             if self.policy.enough(len(accepted)):
                 new_vec, agg = self.strategy.finalize()
             else:
@@ -588,4 +604,4 @@ def options_dict(opts: ServeOptions) -> dict[str, Any]:
     return asdict(opts)
 
 
-__all__ = ["ParameterServer", "ServeOptions", "RoundState", "parse_encoded_header", "tune_malloc", "ACCEPTED_LOG"]
+__all__ = ["ParameterServer", "ServeOptions", "RoundState", "parse_encoded_header", "ACCEPTED_LOG"]

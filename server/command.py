@@ -34,7 +34,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                    help="seconds to wait for enough live clients before selecting those present")
     g.add_argument("--max-update-mb", type=float, default=0.0, help="encoded update size limit (0 = 4x model + 1 MiB)")
     g.add_argument("--buffer-mb", type=float, default=0.0,
-                   help="memory for reassembling pushes in flight (0 = max(32 MiB, 2 fp32 models))")
+                   help="memory for reassembling pushes in flight (0 = max(32 MiB, 2 fp32 pushes))")
     g.add_argument("--emulate", action="store_true",
                    help="apply the run's fault model (bandwidth, latency, stragglers, chunk loss) on every client link")
     g.add_argument("--time-scale", type=float, default=d.time_scale,
@@ -73,10 +73,9 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
 def serve(cfg: RunConfig, opts: ServeOptions, security, *, resume: bool = False, port_file: str | None = None,
           ready: threading.Event | None = None, on_port=None) -> dict:
     """Run a served federated run to completion; returns the final status."""
-    from .app import ParameterServer, tune_malloc
+    from .app import ParameterServer
     from .service import start_grpc
 
-    tune_malloc()
     if cfg.loss != "none" and not opts.emulate:
         log.warning("loss model %r configured but --emulate is off: only the real network loses packets", cfg.loss)
     ps = ParameterServer(cfg, opts, resume=resume)

@@ -16,9 +16,11 @@ import grpc
 from thinwire.protos import thinwire_pb2 as pb2
 from thinwire.protos import thinwire_pb2_grpc as pb2_grpc
 from thinwire.security import Authenticator, ServerSecurity, check_identity
-from thinwire.transport import GRPC_FRAME, MAX_CHUNK_SIZE, WireError, model_messages, parse_chunk, server_options
+from thinwire.transport import (GRPC_FRAME, MAX_CHUNK_SIZE, WireError, declared_push_size, model_messages, parse_chunk,
+                                server_options)
 
 from .app import ParameterServer
+from .memory import tune_malloc
 
 log = logging.getLogger("thinwire.server")
 
@@ -88,8 +90,11 @@ class Servicer(pb2_grpc.ParameterServerServicer):
         """`request_iterator` yields (UpdateChunk, serialized size) pairs (see `add_to_server`)."""
         ps = self.ps
         key = None
-        wire = payload = retrans = 0
+        wire = payload = retrans = reserved = 0
         try:
+            declared = declared_push_size(context.invocation_metadata())
+            if declared is not None:            # room first, then read: a waiting push holds no body
+                reserved = ps.reserve(*declared)
             first, n = next(request_iterator, (None, 0))
             if first is None:
                 raise WireError("INVALID_ARGUMENT", "empty push: the first message must carry the header")
@@ -99,14 +104,15 @@ class Servicer(pb2_grpc.ParameterServerServicer):
             check_identity(self.auth, context, first.client_id)
             if first.header is None:
                 raise WireError("INVALID_ARGUMENT", "the first message of a push must carry the PushHeader")
-            payload += len(first.header.encoded_header)
-            ps.up.add_payload(len(first.header.encoded_header))
-            if len(first.payload):
-                raise WireError("INVALID_ARGUMENT", "the header message must not carry body bytes")
+            payload += len(first.header.encoded_header) + len(first.payload)
+            ps.up.add_payload(len(first.header.encoded_header) + len(first.payload))
             ps.touch(first.client_id)
             header = first.header
-            ra = ps.begin_push(first.round, first.client_id, header)
+            held, reserved = reserved, 0        # begin_push takes the reservation over
+            ra = ps.begin_push(first.round, first.client_id, header, held)
             key = (first.round, first.client_id)
+            if len(first.payload) and ra.add(first.seq, first.offset, first.payload, first.crc32) and header.attempt:
+                retrans += 1                     # the first message may carry a chunk too
             for msg, n in request_iterator:
                 wire += n
                 if isinstance(msg, ValueError):
@@ -118,11 +124,12 @@ class Servicer(pb2_grpc.ParameterServerServicer):
                                     f"inside a push for (round {first.round}, client {first.client_id})")
                 if msg.header is not None:
                     raise WireError("INVALID_ARGUMENT", "only the first message of a push may carry a header")
-                if ra.add(msg.seq, msg.offset, msg.payload, msg.crc32) and header.attempt > 0:
+                if ra.add(msg.seq, msg.offset, msg.payload, msg.crc32) and header.attempt:
                     retrans += 1
             result, missing, holes = ps.finish_push(key, ra, header, retrans)
             key = None
         except WireError as e:
+            ps.budget.release(reserved)
             if key is not None:
                 ps.abort_push(key)
             elif e.code != "ALREADY_EXISTS":
@@ -131,6 +138,7 @@ class Servicer(pb2_grpc.ParameterServerServicer):
             log.info("push refused (%s): %s", e.code, e)
             _abort(context, e)
         except Exception:
+            ps.budget.release(reserved)
             if key is not None:
                 ps.abort_push(key)
             raise
@@ -189,7 +197,8 @@ def bind(server: grpc.Server, host: str, port: int, security: ServerSecurity) ->
 
 
 def start_grpc(ps: ParameterServer, security: ServerSecurity) -> tuple[grpc.Server, int]:
-    """Start the gRPC server on opts.host:opts.port (0 = any free port); returns (server, port)."""
+    """Start the gRPC server on opts.host:opts.port (0 = any free port); returns (server, port).
+    Also sets the process's malloc policy for the run's chunk size (memory.py)."""
     from thinwire.errors import UserError
 
     opts = server_options(max(ps.cfg.chunk_size, 1))
@@ -205,6 +214,7 @@ def start_grpc(ps: ParameterServer, security: ServerSecurity) -> tuple[grpc.Serv
     if port == 0:
         raise UserError(f"port: cannot listen on {ps.opts.host}:{ps.opts.port} (in use or not allowed)")
     server.start()
+    tune_malloc(ps.cfg.chunk_size)
     log.info("serving %s on %s:%d (%s) on host %s", ps.cfg.name, ps.opts.host, port, security.scheme,
              socket.gethostname())
     return server, port

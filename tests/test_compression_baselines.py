@@ -125,3 +125,12 @@ def test_empty_and_nan_inputs_rejected(spec):
         codec.encode(torch.zeros(0))
     with pytest.raises(ValueError, match="NaN"):
         codec.encode(torch.tensor([1.0, float("nan")]))
+
+
+def test_all_finite_is_exact_when_the_sum_overflows():
+    big = torch.full((4,), 3e38)                       # finite values whose float32 sum is inf
+    assert C.all_finite(big) and C.all_finite(torch.ones(10, dtype=torch.float16) * 60000)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        assert not C.all_finite(torch.cat([big, torch.tensor([bad])]))
+        assert not C.all_finite(torch.tensor([1.0, bad, -1.0]))
+    assert not C.all_finite(torch.tensor([float("inf"), -float("inf")]))

@@ -61,3 +61,35 @@ def test_fedavg_is_sample_weighted_with_server_lr_and_momentum():
         s.accumulate(0, torch.zeros(4), 1)
     same, m = s.finalize()
     assert torch.equal(same, new2) and m["aggregated"] == 0
+
+
+def test_fedavg_float32_sum_is_accurate_and_cannot_overflow():
+    g = torch.Generator().manual_seed(0)
+    s = FedAvg()
+    s.begin_round(0, torch.zeros(1000))
+    ups = [torch.randn(1000, generator=g) for _ in range(200)]
+    ws = [int(w) for w in torch.randint(1, 600, (200,), generator=g)]
+    for i, (u, w) in enumerate(zip(ups, ws)):
+        s.accumulate(i, u, w)
+    new, _ = s.finalize()
+    ref = sum(w * u.double() for u, w in zip(ups, ws)) / sum(ws)
+    # float32 summation of n terms: relative error <= n * eps32 of the sum of |terms| (worst case)
+    bound = len(ups) * torch.finfo(torch.float32).eps * (sum(w * u.double().abs() for u, w in zip(ups, ws)) / sum(ws))
+    assert torch.all((new.double() - ref).abs() <= bound)
+    # an update that could overflow the float32 sum is refused before anything is added
+    s.begin_round(1, torch.zeros(3))
+    s.accumulate(0, torch.tensor([1.0, -2.0, 3.0]), 10)
+    for bad in (torch.tensor([3e38, 0.0, 0.0]), torch.tensor([1.0, float("nan"), 0.0]), torch.tensor([float("-inf"), 0, 0])):
+        with pytest.raises(ValueError, match="overflow|NaN"):
+            s.accumulate(1, bad, 2)
+    s.accumulate(2, torch.tensor([1.0, 1.0, 1.0]), 10)
+    new, m = s.finalize()
+    assert torch.allclose(new, torch.tensor([1.0, -0.5, 2.0])) and m["aggregated"] == 2
+    # the sum's buffer is reused across rounds, and momentum never aliases it
+    m = FedAvg(server_momentum=0.9)
+    m.begin_round(0, torch.zeros(2))
+    m.accumulate(0, torch.ones(2), 1)
+    m.finalize()
+    v = m.velocity.clone()
+    m.begin_round(1, torch.zeros(2))
+    assert torch.equal(m.velocity, v)

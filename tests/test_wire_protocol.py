@@ -24,7 +24,7 @@ from thinwire.protos import thinwire_pb2 as pb2
 from thinwire.security import Authenticator, ClientSecurity, ServerSecurity
 from thinwire.server.app import ParameterServer, ServeOptions
 from thinwire.server.service import ServerHandle
-from thinwire.transport import (GRPC_FRAME, BufferBudget, ByteCounter, Link, Reassembly, WireError, crc32, sha256,
+from thinwire.transport import (BODY_ALIGN, GRPC_FRAME, PUSH_SIZE_KEY, BufferBudget, ByteCounter, Link, Reassembly, WireError, crc32, sha256,
                                 split, update_messages)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def test_reassembly_replays_crc_and_holes():
     payload, hs = _identity(torch.arange(300, dtype=torch.float32))
     h = _header(payload, hs, 256)
     ra = Reassembly(h, max_update_bytes=1 << 20)
-    ra.attach(bytearray(b"\xff" * ra.nbytes))           # a recycled buffer with stale bytes
+    ra.attach(bytearray(b"\xff" * ra.buffer_size))      # a recycled buffer with stale bytes
     body = payload[hs:]
     ranges = split(len(body), 256)
     assert ra.add(0, 0, body[0:256], crc32(body[0:256]))
@@ -79,6 +79,15 @@ def test_reassembly_replays_crc_and_holes():
     assert ra.complete
     ra.verify()
     assert bytes(ra.payload()) == payload
+    # the body sits on a 64-byte boundary and an fp32 update decodes as a view of it, not a copy
+    vec = compression.Encoded.from_bytes(ra.payload())
+    dec = compression.get("identity").decode(vec)
+    assert torch.equal(dec, torch.arange(300, dtype=torch.float32))
+    assert dec.data_ptr() % BODY_ALIGN == 0
+    buf_addr = np.frombuffer(ra.buf, dtype=np.uint8).ctypes.data
+    assert buf_addr <= dec.data_ptr() < buf_addr + len(ra.buf)
+    # read-only bytes are copied (torch cannot hold read-only memory)
+    assert compression.get("identity").decode(compression.Encoded.from_bytes(payload)).data_ptr() != dec.data_ptr()
     with pytest.raises(WireError) as e:
         Reassembly(h, max_update_bytes=100)
     assert e.value.code == "RESOURCE_EXHAUSTED"
@@ -86,12 +95,15 @@ def test_reassembly_replays_crc_and_holes():
 
 def test_buffer_budget_bounds_recycles_and_times_out():
     b = BufferBudget(100)
-    assert b.acquire(60, 0.1)
+    assert b.acquire(70, 0.1, 60)                               # a push costs more than its buffer
     buf = b.take(60)
-    assert not b.acquire(60, 0.05)
-    b.release(60, buf)
-    assert b.acquire(60, 0.1) and b.take(60) is buf            # recycled, not reallocated
-    b.release(60)
+    assert not b.acquire(70, 0.05, 60)
+    b.release(70, buf)
+    assert b.used == 0 and b._pooled == 60
+    assert b.acquire(70, 0.1, 60) and b.take(60) is buf        # recycled, not evicted and reallocated
+    b.release(70, buf)
+    assert b.acquire(70, 0.1, 50) and b._pooled == 0           # other size: evicted to stay under the cap
+    b.release(70)
     assert b.acquire(100, 0.1)
     assert not b.acquire(1, 0.05)
     b.release(100)
@@ -125,9 +137,12 @@ def test_link_drops_exactly_the_simulated_chunks():
     raw = list(update_messages(pb2, rnd=2, client_id=5, header=_header(payload, hs, 64), body=body, ranges=ranges,
                                seqs=list(range(len(ranges))), link=link, attempt=0, counter=counter))
     msgs = [pb2.UpdateChunk.FromString(m) for m in raw]
+    # a multi-chunk push: the header message alone first, then one message per chunk sent
+    assert msgs[0].HasField("header") and not msgs[0].payload and not any(m.HasField("header") for m in msgs[1:])
     assert all(m.crc32 == crc32(m.payload) and m.payload == bytes(body[m.offset:m.offset + len(m.payload)])
                for m in msgs[1:])
     sent = {m.seq for m in msgs[1:]}
+    assert len(msgs) == len(sent) + 1
     lost = set(np.flatnonzero(net.lost_chunks(5, 2, len(ranges), 0, "up")).tolist())
     assert sent == set(range(len(ranges))) - lost and lost
     t = net.transfer(5, 2, len(payload), "up", hs, policy="holes")
@@ -135,6 +150,12 @@ def test_link_drops_exactly_the_simulated_chunks():
     assert counter.dropped_chunks == len(lost)
     assert counter.wire_bytes == sum(len(m) + GRPC_FRAME for m in raw)
     assert counter.wire_bytes == sum(m.ByteSize() + GRPC_FRAME for m in msgs)   # hand framing == protobuf's
+    # a single-chunk push is one message: the header rides on the chunk (unless the chunk is lost)
+    one = [pb2.UpdateChunk.FromString(m) for m in update_messages(
+        pb2, rnd=2, client_id=5, header=_header(payload, hs, 64), body=body, ranges=ranges, seqs=[3],
+        link=Link(None, 5), attempt=1, counter=ByteCounter())]
+    assert len(one) == 1 and one[0].HasField("header") and one[0].seq == 3
+    assert one[0].payload == bytes(body[ranges[3][0]:ranges[3][1]]) and one[0].crc32 == crc32(one[0].payload)
 
 
 # -- a live server --------------------------------------------------------------------------------
@@ -204,6 +225,9 @@ def test_bad_pushes_are_refused_and_state_stays_correct(tmp_path):
                                   sections={"values": np.full(NUMEL, np.nan, np.float32).tobytes()})
         code, msg = _code(lambda: _push_raw(conn, 0, rnd, nan.to_bytes(), nan.header_size))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "NaN" in msg
+        pb, hb_ = _identity(torch.full((NUMEL,), 3e38))      # finite, but would overflow the float32 sum
+        code, msg = _code(lambda: _push_raw(conn, 0, rnd, pb, hb_))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "overflow" in msg
 
         def corrupt(msgs):
             msgs[2].payload = bytes(len(msgs[2].payload))
@@ -228,6 +252,12 @@ def test_bad_pushes_are_refused_and_state_stays_correct(tmp_path):
             msgs[1].payload = bytes(3 << 20)
             return msgs
         assert _code(lambda: _push_raw(conn, 0, rnd, p, hs, mutate=giant))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # a declared push size is checked before anything is read
+        md = conn.security.metadata(0)
+        for value, want in (("x,1", grpc.StatusCode.INVALID_ARGUMENT),
+                            (f"{10 << 20},1024", grpc.StatusCode.RESOURCE_EXHAUSTED)):
+            got = _code(lambda: conn._push(iter([]), timeout=10, metadata=md + ((PUSH_SIZE_KEY, value),)))
+            assert got[0] == want and PUSH_SIZE_KEY in got[1] or "exceeds" in got[1]
 
         # nothing of the above reached the accumulator
         assert h.ps.round_state.accepted == []
@@ -245,7 +275,8 @@ def test_bad_pushes_are_refused_and_state_stays_correct(tmp_path):
         # FedAvg with equal sample counts: mean of 1 and 3 applied with server lr 1
         assert torch.allclose(h.ps.global_vec, torch.full((NUMEL,), 2.0))
         assert h.ps.history == [{"round": 0, "accepted": [0, 1]}]
-        assert h.ps.rejected >= 8
+        assert h.ps.rejected >= 11
+        assert h.ps.budget.used == 0                   # every reservation and buffer was given back
         # late push after the run: refused, model unchanged
         assert _code(lambda: _push_raw(conn, 0, rnd, p, hs))[0] == grpc.StatusCode.FAILED_PRECONDITION
         assert torch.allclose(h.ps.global_vec, torch.full((NUMEL,), 2.0))
@@ -283,6 +314,7 @@ def test_byte_accounting_is_exact(tmp_path):
         row = __import__("json").loads((tmp_path / "wire" / "metrics.jsonl").read_text().splitlines()[0])
         assert row["bytes_up"] == up_s["wire_bytes"] and row["payload_up"] == enc.nbytes
         assert row["bytes_down"] == down_s["wire_bytes"]
+        assert h.ps.budget.used == 0                   # the declared-size reservation was taken over
     finally:
         conn.close()
         h.stop()
@@ -300,6 +332,12 @@ def test_retransmit_and_holes_under_emulated_loss(tmp_path):
         enc = compression.get("identity").encode(torch.randn(NUMEL))
         payload = enc.to_bytes()
         net = NetworkModel.from_config(h.ps.cfg)
+        rpcs, push_rpc = [], conn._push
+
+        def counting_push(msgs, **kw):           # the real RPC, counted
+            rpcs.append(1)
+            return push_rpc(msgs, **kw)
+        conn._push = counting_push
         reply = conn.push(client_id=0, rnd=task.round, model_version=0, payload=payload, header_size=enc.header_size,
                           num_samples=5, train_loss=0.1, link=Link(net, 0, "up", time_scale=0.0), chunk_size=256)
         assert reply.result == pb2.PushReply.ACCEPTED       # identity cannot take holes: retransmitted
@@ -309,8 +347,8 @@ def test_retransmit_and_holes_under_emulated_loss(tmp_path):
         assert c["retransmitted_chunks"] == t.retransmitted_chunks
         # bytes offered to the link = the simulator's figure, plus the header that opens every retransmission RPC
         body_sent = t.n_chunks + t.retransmitted_chunks - t.dropped_chunks
-        pushes = c["messages"] - body_sent
-        assert pushes >= 2
+        pushes = len(rpcs)
+        assert pushes >= 2 and body_sent <= c["messages"] <= body_sent + pushes   # lone chunks carry the header
         assert c["payload_bytes"] + c["dropped_bytes"] == t.wire_bytes + (pushes - 1) * enc.header_size
         assert h.wait(20)
         assert torch.allclose(h.ps.global_vec, enc_decode(payload))

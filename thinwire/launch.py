@@ -52,10 +52,9 @@ class ServerActor:
 
         from thinwire.config import build
         from thinwire.security import Authenticator, AuthInterceptor, ServerSecurity
-        from thinwire.server.app import ParameterServer, ServeOptions, tune_malloc
+        from thinwire.server.app import ParameterServer, ServeOptions
         from thinwire.server.service import ServerHandle
 
-        tune_malloc()
         torch.set_num_threads(1)
         logging.basicConfig(level=logging.WARNING)
         self.ip = ray.util.get_node_ip_address()

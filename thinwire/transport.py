@@ -62,6 +62,31 @@ def server_options(chunk_size: int) -> list[tuple[str, int]]:
             ("grpc.http2.bdp_probe", 0)]
 
 
+PUSH_SIZE_KEY = "tw-push-size"      # push metadata: "<Encoded bytes>,<chunk size>"
+
+
+def push_size_metadata(nbytes: int, chunk_size: int) -> tuple[str, str]:
+    """Declared before the first message, so the server can reserve reassembly memory before it
+    reads anything: a push waiting for room then holds no body bytes on the server."""
+    return PUSH_SIZE_KEY, f"{int(nbytes)},{int(chunk_size)}"
+
+
+def declared_push_size(metadata) -> tuple[int, int] | None:
+    """(Encoded bytes, chunk size) a client declared, None if absent; raises WireError if malformed."""
+    for key, value in metadata or ():
+        if key == PUSH_SIZE_KEY:
+            try:
+                nbytes, chunk = (int(v) for v in str(value).split(","))
+            except ValueError:
+                raise WireError("INVALID_ARGUMENT", f"{PUSH_SIZE_KEY} metadata: {value!r}; allowed: "
+                                "'<bytes>,<chunk size>' with two integers") from None
+            if nbytes < 8 or not 1 <= chunk <= MAX_CHUNK_SIZE:
+                raise WireError("INVALID_ARGUMENT", f"{PUSH_SIZE_KEY} metadata: {value!r}; allowed: bytes >= 8 "
+                                f"and chunk size 1..{MAX_CHUNK_SIZE}")
+            return nbytes, chunk
+    return None
+
+
 class WireError(Exception):
     """A chunk or payload that violates the protocol; `code` names the gRPC status to answer with."""
 
@@ -188,52 +213,68 @@ def _varint(n: int) -> bytes:
 _PAYLOAD_TAG = bytes([(6 << 3) | 2])       # UpdateChunk.payload: field 6, length-delimited
 
 
-def chunk_bytes(pb2, rnd: int, client_id: int, seq: int, num_chunks: int, offset: int, piece: memoryview) -> bytes:
+def chunk_bytes(pb2, rnd: int, client_id: int, seq: int, num_chunks: int, offset: int, piece: memoryview,
+                header=None) -> bytes:
     """A serialized UpdateChunk built with one copy of the payload (protobuf accepts fields in any
-    order, so the small fields are serialized normally and the payload field appended by hand)."""
+    order, so the small fields are serialized normally and the payload field appended by hand).
+    `header` (a PushHeader) makes it the push's first message."""
     head = pb2.UpdateChunk(round=rnd, client_id=client_id, seq=seq, num_chunks=num_chunks, offset=offset,
-                           crc32=crc32(piece)).SerializeToString()
+                           crc32=crc32(piece), header=header).SerializeToString()
     return b"".join((head, _PAYLOAD_TAG, _varint(len(piece)), piece))
 
 
 def update_messages(pb2, *, rnd: int, client_id: int, header, body: memoryview, ranges: Sequence[tuple[int, int]],
                     seqs: Sequence[int], link: Link, attempt: int, counter: ByteCounter) -> Iterator[bytes]:
     """Yield one push as serialized UpdateChunk messages: the header message (never dropped), then
-    the chunks `seqs`. Every yielded message is counted exactly (its length + the gRPC prefix).
+    the chunks `seqs`. A push of a single chunk (most compressed updates) is one message: the
+    header rides on the chunk. Longer pushes keep the header alone, so a push waiting for the
+    server's reassembly budget holds no body bytes. Every yielded message is counted exactly
+    (its length + the gRPC prefix).
 
     Chunks the link loses on this attempt are not sent (their airtime is still spent, as on a
     lossy radio); the server reports them missing and the caller decides to resend or not.
     """
     header.attempt = attempt
-    first = pb2.UpdateChunk(round=rnd, client_id=client_id, num_chunks=len(ranges), header=header).SerializeToString()
     if attempt == 0:
         link.latency()
     else:
         link.latency(2)                     # the NACK round trip before a retransmission
         counter.retransmit(len(seqs))
     link.airtime(len(header.encoded_header))
-    counter.add_wire(len(first))
     counter.add_payload(len(header.encoded_header))
-    yield first
     lost = link.lost(rnd, len(seqs), attempt)
+    pending = header                        # sent alone first, or riding on a lone chunk
+    if len(seqs) != 1 or (lost[0] and ranges[seqs[0]][1] > ranges[seqs[0]][0]):
+        msg = pb2.UpdateChunk(round=rnd, client_id=client_id, num_chunks=len(ranges), header=header).SerializeToString()
+        counter.add_wire(len(msg))
+        pending = None
+        yield msg
     for i, seq in enumerate(seqs):
         a, b = ranges[seq]
         link.airtime(b - a)
         if lost[i] and b > a:
             counter.drop(b - a)
             continue
-        msg = chunk_bytes(pb2, rnd, client_id, seq, len(ranges), a, body[a:b])
+        msg = chunk_bytes(pb2, rnd, client_id, seq, len(ranges), a, body[a:b], header=pending)
         counter.add_wire(len(msg))
         counter.add_payload(b - a)
         yield msg
 
 
 # -- receiving ------------------------------------------------------------------------------------
+BODY_ALIGN = 64                      # reassembled bodies start on a cache-line boundary
+
+
+def _address(buf: bytearray) -> int:
+    return np.frombuffer(buf, dtype=np.uint8).ctypes.data if len(buf) else 0
+
+
 class Reassembly:
     """Server-side buffer of one (round, client) push: validates and places chunks, ignores replays.
 
     The buffer holds the Encoded header followed by the body, so the finished payload is parsed
-    in place without another copy.
+    in place without another copy. The payload is placed so that the body starts on a 64-byte
+    boundary: decoders then read aligned float arrays straight out of it (zero-copy decode).
     """
 
     def __init__(self, header, *, max_update_bytes: int, max_chunk_size: int = MAX_CHUNK_SIZE) -> None:
@@ -260,22 +301,37 @@ class Reassembly:
         self.encoded_header = bytes(header.encoded_header)
         self.sha = bytes(header.body_sha256)
         self.buf = bytearray()
+        self._bytes: np.ndarray | None = None
+        self.start = 0                       # payload = buf[start:start + nbytes]
         self.have = np.zeros(len(self.ranges), dtype=bool)
         if self.body_size == 0:
             self.have[:] = True
         self.nbytes = total
-        # Budget charged for this push: its buffer plus the chunk being placed and one more that
-        # gRPC may already hold for it, so memory stays bounded whatever the number of streams.
-        self.cost = total + 2 * self.chunk_size
+        self.buffer_size = total + BODY_ALIGN
+        self.cost = self.charge(total, self.chunk_size)
+
+    @staticmethod
+    def charge(nbytes: int, chunk_size: int) -> int:
+        """Budget a push of `nbytes` Encoded bytes is charged: its aligned buffer plus the chunk
+        being placed and one more that gRPC may already hold for it, so memory stays bounded
+        whatever the number of streams."""
+        return nbytes + BODY_ALIGN + 2 * chunk_size
 
     def attach(self, buf: bytearray | None = None) -> None:
-        """Give the push its buffer (possibly recycled: every byte is written before it is read,
-        and holes are zeroed when the body is delivered incomplete)."""
-        buf = bytearray(self.nbytes) if buf is None else buf
-        if len(buf) != self.nbytes:
+        """Give the push its buffer of `buffer_size` bytes (possibly recycled: every byte is
+        written before it is read, and holes are zeroed when the body is delivered incomplete)."""
+        buf = bytearray(self.buffer_size) if buf is None else buf
+        if len(buf) != self.buffer_size:
             raise ValueError("buffer size mismatch")
-        buf[:self.header_size] = self.encoded_header
+        self.start = -(_address(buf) + self.header_size) % BODY_ALIGN
         self.buf = buf
+        self._bytes = np.frombuffer(buf, dtype=np.uint8)     # numpy copies release the GIL
+        self.buf[self.start:self.start + self.header_size] = self.encoded_header
+
+    def detach(self) -> bytearray:
+        """Hand the buffer back (to the budget's pool) and forget it."""
+        buf, self.buf, self._bytes = self.buf, bytearray(), None
+        return buf
 
     def same_header(self, header) -> bool:
         return (bytes(header.encoded_header) == self.encoded_header and header.body_size == self.body_size
@@ -293,8 +349,8 @@ class Reassembly:
             raise WireError("DATA_LOSS", f"chunk {seq}: crc32 mismatch (corrupted in transit)")
         if self.have[seq]:
             return False
-        h = self.header_size
-        self.buf[h + a:h + b] = payload
+        at = self.start + self.header_size
+        self._bytes[at + a:at + b] = np.frombuffer(payload, dtype=np.uint8)
         self.have[seq] = True
         return True
 
@@ -308,20 +364,21 @@ class Reassembly:
     def holes(self) -> list[tuple[int, int]]:
         """Body byte ranges never received; zeroed in the buffer, as `Encoded.from_bytes` expects."""
         out = [self.ranges[i] for i in self.missing()]
-        h = self.header_size
+        at = self.start + self.header_size
         for a, b in out:
-            self.buf[h + a:h + b] = bytes(b - a)
+            self.buf[at + a:at + b] = bytes(b - a)
         return out
 
     def verify(self) -> None:
         """Check the optional whole-body sha256 (every chunk's crc32 was checked on arrival)."""
         if not self.complete or not self.sha:
             return                           # a body with holes cannot match the digest
-        if sha256(memoryview(self.buf)[self.header_size:]) != self.sha:
+        if sha256(self.payload()[self.header_size:]) != self.sha:
             raise WireError("DATA_LOSS", "update body sha256 mismatch (corrupted payload)")
 
     def payload(self) -> memoryview:
-        return memoryview(self.buf)
+        """The Encoded bytes, in place (a view: release it before the buffer is recycled)."""
+        return memoryview(self.buf)[self.start:self.start + self.nbytes]
 
 
 class BufferBudget:
@@ -336,8 +393,10 @@ class BufferBudget:
         self._pooled = 0
         self._cv = threading.Condition()
 
-    def acquire(self, nbytes: int, timeout: float) -> bool:
-        """Reserve `nbytes`; a single push larger than the whole budget is let in alone."""
+    def acquire(self, nbytes: int, timeout: float, buffer_size: int = 0) -> bool:
+        """Reserve `nbytes` for a push that will `take(buffer_size)`; a single push larger than the
+        whole budget is let in alone. Pooled buffers are evicted to stay within the cap, but one
+        of `buffer_size` is kept for the taking: it is already counted in `nbytes`."""
         deadline = time.monotonic() + timeout
         with self._cv:
             while self.used + nbytes > self.limit and self.used > 0:
@@ -346,17 +405,25 @@ class BufferBudget:
                     return False
                 self._cv.wait(left)
             self.used += nbytes
-            while self._pooled and self.used + self._pooled > self.limit and not self._pool.get(nbytes):
-                self._evict()
+            keep = buffer_size if self._pool.get(buffer_size) else 0
+            while self._pooled - keep > 0 and self.used + self._pooled - keep > self.limit:
+                self._evict(keep)
             return True
 
-    def _evict(self) -> None:
-        size = next(iter(self._pool))
+    def _evict(self, keep: int) -> None:
+        """Drop one pooled buffer, sparing one of size `keep`."""
+        size = next(s for s, bufs in self._pool.items() if s != keep or len(bufs) > 1)
         bufs = self._pool[size]
         bufs.pop()
         self._pooled -= size
         if not bufs:
             del self._pool[size]
+
+    def clear_pool(self) -> None:
+        """Free the idle buffers (between rounds, when nothing is being received)."""
+        with self._cv:
+            self._pool.clear()
+            self._pooled = 0
 
     def take(self, nbytes: int) -> bytearray:
         """A buffer of exactly `nbytes` (recycled if one is pooled; contents are stale)."""
@@ -372,6 +439,8 @@ class BufferBudget:
 
     def release(self, nbytes: int, buf: bytearray | None = None) -> None:
         """Return `nbytes` of budget; `buf` (a finished push's buffer) is kept for reuse if it fits."""
+        if not nbytes and buf is None:
+            return
         with self._cv:
             self.used = max(0, self.used - nbytes)
             size = len(buf) if buf is not None else 0
@@ -526,6 +595,6 @@ def receive_model(stream, counter: ByteCounter | None = None, link: Link | None 
     return version, rnd, buf
 
 
-__all__ = ["GRPC_FRAME", "MAX_CHUNK_SIZE", "ByteCounter", "Link", "Reassembly", "BufferBudget", "WireError",
+__all__ = ["GRPC_FRAME", "MAX_CHUNK_SIZE", "ByteCounter", "Link", "Reassembly", "BODY_ALIGN", "PUSH_SIZE_KEY", "push_size_metadata", "declared_push_size", "BufferBudget", "WireError",
            "crc32", "sha256", "wire_size", "split", "update_messages", "chunk_bytes", "Chunk", "parse_chunk", "model_messages", "receive_model",
            "channel_options", "server_options", "message_limit"]

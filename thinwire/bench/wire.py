@@ -1,11 +1,14 @@
 """`thinwire bench wire`: how fast one thinwire server ingests updates, vs a raw gRPC byte stream.
 
-For each (clients, update size): a real `ParameterServer` in its own process takes one round of
-pushes (identity-coded fp32 updates, decoded and folded into FedAvg as they complete) from N
-concurrent client streams on loopback. The same bytes in the same chunks and streams are then
-sent to a bare gRPC method that only counts them: the reference. Reported: aggregate MB/s and
-its ratio to the reference, p50/p99 push latency, server RSS (idle, peak, growth) against the
-model size, and bytes on the TCP socket (kernel TCP_INFO) per encoded payload byte.
+For each (clients, update size): a real `ParameterServer` in its own process takes rounds of
+pushes (identity-coded fp32 updates, checked and folded into FedAvg as they complete) from N
+concurrent client streams on loopback; round 0 warms the server (buffers, accumulator), the next
+`--rounds` are measured (push time only, not the turnaround between rounds). The same bytes in
+the same chunks and streams, `--rounds` batches of N pushes, are then sent to a bare gRPC method
+that only counts them, after warming its streams: the reference. Reported: aggregate MB/s and
+its ratio to the reference, p50/p99 push latency, server RSS (idle before round 0, peak over both
+rounds, growth) against the model size, bytes on the TCP socket (kernel TCP_INFO) per encoded
+payload byte, and the CPU seconds the server and the clients used in each measured phase.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-streams", type=int, default=100, help="cap on concurrent streams (default: 100)")
     parser.add_argument("--connections", type=int, default=8, help="TCP connections the streams share (default: 8)")
     parser.add_argument("--buffer-mb", type=float, default=0.0, help="server reassembly budget (0 = server default)")
+    parser.add_argument("--rounds", type=int, default=3, help="measured rounds per case, after one warm-up round")
     parser.add_argument("--repeat", type=int, default=1,
                         help="alternate thinwire and raw runs this many times per case, keep the best of each")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -50,13 +54,13 @@ def _serve_thinwire(args) -> None:
 
     from thinwire.config import RunConfig
     from thinwire.security import Authenticator, ServerSecurity
-    from thinwire.server.app import ParameterServer, ServeOptions, tune_malloc
+    from thinwire.server.app import ParameterServer, ServeOptions
     from thinwire.server.service import ServerHandle
 
-    tune_malloc()
     n = int(args.clients)
     torch.set_num_threads(1)
-    cfg = RunConfig(name="bench-wire", out_dir=args.out_dir, clients=n, per_round=n, rounds=1, progress=False,
+    cfg = RunConfig(name="bench-wire", out_dir=args.out_dir, clients=n, per_round=n, rounds=1 + args.rounds,
+                    progress=False,
                     chunk_size=args.chunk_kb * 1024).validate()
     update = 4 * args.numel + (1 << 16)
     opts = ServeOptions(host="127.0.0.1", port=0, heartbeat_timeout=600, join_wait=600, checkpoint=False,
@@ -158,7 +162,7 @@ def _start(kind: str, args, n: int, numel: int, tmp: Path) -> tuple[subprocess.P
         pf.unlink()
     cmd = [sys.executable, "-m", "thinwire.bench.wire", "--serve", kind, "--clients", str(n), "--numel", str(numel),
            "--chunk-kb", str(args.chunk_kb), "--port-file", str(pf), "--out-dir", str(tmp),
-           "--buffer-mb", str(args.buffer_mb)]
+           "--buffer-mb", str(args.buffer_mb), "--rounds", str(args.rounds)]
     p = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
     t_end = time.monotonic() + 120
     while not pf.exists():
@@ -168,6 +172,13 @@ def _start(kind: str, args, n: int, numel: int, tmp: Path) -> tuple[subprocess.P
         time.sleep(0.05)
     time.sleep(0.05)
     return p, int(pf.read_text())
+
+
+def _cpu(server, since: dict[str, float] | None = None) -> dict[str, float]:
+    """CPU seconds used by the server process and by this (client) process, since `since`."""
+    s, c = server.cpu_times(), os.times()
+    now = {"server_cpu": s.user + s.system, "client_cpu": c.user + c.system}
+    return {k: v - since[k] for k, v in now.items()} if since else now
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -207,28 +218,47 @@ def _thinwire_phase(args, n, numel, streams, ncon, chunk, enc, payload, tmp) -> 
                  for _ in range(ncon)]
         for cid in range(n):
             conns[cid % ncon].join(cid)
-        tasks = {}
-        t_end = time.monotonic() + 120
-        while len(tasks) < n and time.monotonic() < t_end:
-            for cid in range(n):
-                if cid not in tasks:
-                    r = conns[cid % ncon].get_task(cid)
-                    if r.action == pb2.TaskReply.TRAIN:
-                        tasks[cid] = r
+
+        def tasks_for(rnd: int) -> dict[int, Any]:
+            tasks: dict[int, Any] = {}
+            t_end = time.monotonic() + 120
+            while len(tasks) < n:
+                if time.monotonic() > t_end:
+                    raise RuntimeError(f"bench server did not open round {rnd} for all clients")
+                for cid in range(n):
+                    if cid not in tasks:
+                        r = conns[cid % ncon].get_task(cid)
+                        if r.action == pb2.TaskReply.TRAIN and r.round == rnd:
+                            tasks[cid] = r
+                time.sleep(0.01)
+            return tasks
+
+        def pushes(tasks: dict[int, Any]) -> tuple[float, list[float]]:
+            def push(cid: int) -> None:
+                t = tasks[cid]
+                r = conns[cid % ncon].push(client_id=cid, rnd=t.round, model_version=t.model_version, payload=payload,
+                                           header_size=enc.header_size, num_samples=1, train_loss=0.0,
+                                           link=Link(None, cid), chunk_size=chunk)
+                if r.result != pb2.PushReply.ACCEPTED:
+                    raise RuntimeError(f"push of client {cid}: {r.message}")
+            return _run_pushes(n, streams, push)
+
+        warm = tasks_for(0)
         time.sleep(0.3)
         idle_rss = sampler.rss()
-        acked0 = _tcp_bytes(port)[0]
-
-        def push(cid: int) -> None:
-            r = conns[cid % ncon].push(client_id=cid, rnd=tasks[cid].round, model_version=tasks[cid].model_version,
-                                       payload=payload, header_size=enc.header_size, num_samples=1, train_loss=0.0,
-                                       link=Link(None, cid), chunk_size=chunk)
-            if r.result != pb2.PushReply.ACCEPTED:
-                raise RuntimeError(f"push of client {cid}: {r.message}")
-
+        elapsed, lat, socket_bytes, cpu = 0.0, [], 0, {"server_cpu": 0.0, "client_cpu": 0.0}
         with sampler:
-            elapsed, lat = _run_pushes(n, streams, push)
-        socket_bytes = _tcp_bytes(port)[0] - acked0
+            pushes(warm)                  # round 0 warms the server, as the raw phase warms its streams
+            for rnd in range(1, 1 + args.rounds):
+                tasks = tasks_for(rnd)
+                acked0 = _tcp_bytes(port)[0]
+                cpu0 = _cpu(sampler.proc)
+                dt, lat_r = pushes(tasks)
+                for k, v in _cpu(sampler.proc, cpu0).items():
+                    cpu[k] += v
+                socket_bytes += _tcp_bytes(port)[0] - acked0
+                elapsed += dt
+                lat += lat_r
         grpc_bytes = sum(c.up.wire_bytes for c in conns)
         for c in conns:
             c.close()
@@ -237,7 +267,7 @@ def _thinwire_phase(args, n, numel, streams, ncon, chunk, enc, payload, tmp) -> 
         if proc.poll() is None:
             proc.kill()
     return {"elapsed": elapsed, "lat": lat, "idle_rss": idle_rss, "peak_rss": sampler.peak,
-            "socket_bytes": socket_bytes, "grpc_bytes": grpc_bytes}
+            "socket_bytes": socket_bytes, "grpc_bytes": grpc_bytes, **cpu}
 
 
 def _raw_phase(args, n, numel, streams, ncon, chunk, payload, tmp) -> dict[str, Any]:
@@ -257,13 +287,21 @@ def _raw_phase(args, n, numel, streams, ncon, chunk, payload, tmp) -> dict[str, 
             calls[i % ncon](iter(bytes(view[a:b]) for a, b in ranges), timeout=600)
 
         _run_pushes(min(n, 4), min(streams, 4), raw)        # warm the connections
-        elapsed, lat = _run_pushes(n, streams, raw)
+        import psutil
+
+        cpu0 = _cpu(psutil.Process(rproc.pid))
+        elapsed, lat = 0.0, []
+        for _ in range(args.rounds):       # the same batches of n concurrent pushes as the rounds
+            dt, lat_r = _run_pushes(n, streams, raw)
+            elapsed += dt
+            lat += lat_r
+        cpu = _cpu(psutil.Process(rproc.pid), cpu0)
         for ch in chans:
             ch.close()
     finally:
         rproc.kill()
         rproc.wait(10)
-    return {"elapsed": elapsed, "lat": lat}
+    return {"elapsed": elapsed, "lat": lat, **cpu}
 
 
 def bench_case(args, n: int, size_mb: float, tmp: Path) -> dict[str, Any]:
@@ -277,7 +315,7 @@ def bench_case(args, n: int, size_mb: float, tmp: Path) -> dict[str, Any]:
     streams = min(args.streams or n, args.max_streams, n)
     enc = compression.get("identity").encode(torch.randn(numel, generator=torch.Generator().manual_seed(0)))
     payload = enc.to_bytes()
-    total_payload = n * len(payload)
+    total_payload = n * len(payload) * args.rounds
     ncon = max(1, min(args.connections, streams))
     tw_runs, raw_runs = [], []
     for _ in range(args.repeat):
@@ -291,13 +329,15 @@ def bench_case(args, n: int, size_mb: float, tmp: Path) -> dict[str, Any]:
     model_bytes = 4 * numel
     return {
         "clients": n, "update_mb": size_mb, "streams": streams, "connections": ncon, "chunk_kib": args.chunk_kb,
-        "repeat": args.repeat, "payload_bytes": len(payload),
+        "rounds": args.rounds, "repeat": args.repeat, "payload_bytes": len(payload),
         "ingest_mb_s": total_payload / tw["elapsed"] / MB, "raw_mb_s": total_payload / raw["elapsed"] / MB,
         "ratio": raw["elapsed"] / tw["elapsed"],
         "p50_s": _pct(tw["lat"], 0.5), "p99_s": _pct(tw["lat"], 0.99), "raw_p50_s": _pct(raw["lat"], 0.5),
         "raw_p99_s": _pct(raw["lat"], 0.99),
         "rss_idle_mb": idle / MB, "rss_peak_mb": peak / MB, "rss_growth_mb": growth / MB,
         "rss_goal_mb": (2 * model_bytes + 100 * MB) / MB,
+        "server_cpu_s": tw["server_cpu"], "client_cpu_s": tw["client_cpu"],
+        "raw_server_cpu_s": raw["server_cpu"], "raw_client_cpu_s": raw["client_cpu"],
         "socket_per_payload": tw["socket_bytes"] / total_payload, "grpc_per_payload": tw["grpc_bytes"] / total_payload,
     }
 
@@ -321,6 +361,7 @@ def run(args: argparse.Namespace) -> int:
     check_int("max_streams", args.max_streams, 1, 1000)
     check_int("connections", args.connections, 1, 256)
     check_int("repeat", args.repeat, 1, 20)
+    check_int("rounds", args.rounds, 1, 50)
     import tempfile
 
     from tqdm import tqdm
@@ -332,10 +373,12 @@ def run(args: argparse.Namespace) -> int:
             results.append(bench_case(args, n, s, Path(tmp)))
     print(format_table(
         ["clients", "MB", "streams", "MB/s", "raw MB/s", "vs raw", "p50 s", "p99 s", "RSS idle", "RSS peak",
-         "growth", "goal", "socket/payload"],
+         "growth", "goal", "socket/payload", "CPU s srv/cli", "raw CPU s"],
         [(r["clients"], r["update_mb"], r["streams"], r["ingest_mb_s"], r["raw_mb_s"], f"{r['ratio']:.2f}",
           r["p50_s"], r["p99_s"], f"{r['rss_idle_mb']:.0f}", f"{r['rss_peak_mb']:.0f}", f"{r['rss_growth_mb']:.0f}",
-          f"{r['rss_goal_mb']:.0f}", f"{r['socket_per_payload']:.4f}") for r in results]))
+          f"{r['rss_goal_mb']:.0f}", f"{r['socket_per_payload']:.4f}",
+          f"{r['server_cpu_s']:.2f}/{r['client_cpu_s']:.2f}", f"{r['raw_server_cpu_s']:.2f}/{r['raw_client_cpu_s']:.2f}")
+         for r in results]))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0
