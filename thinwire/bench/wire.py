@@ -6,7 +6,7 @@ concurrent client streams on loopback; round 0 warms the server (buffers, accumu
 `--rounds` are measured (push time only, not the turnaround between rounds). The same bytes in
 the same chunks and streams, `--rounds` batches of N pushes, are then sent to a bare gRPC method
 that only counts them, after warming its streams: the reference. Reported: aggregate MB/s and
-its ratio to the reference, p50/p99 push latency, server RSS (idle before round 0, peak over both
+its ratio to the reference, p50/p99 push latency, server RSS (idle before round 0, peak over all
 rounds, growth) against the model size, bytes on the TCP socket (kernel TCP_INFO) per encoded
 payload byte, and the CPU seconds the server and the clients used in each measured phase.
 """
@@ -249,6 +249,7 @@ def _thinwire_phase(args, n, numel, streams, ncon, chunk, enc, payload, tmp) -> 
         elapsed, lat, socket_bytes, cpu = 0.0, [], 0, {"server_cpu": 0.0, "client_cpu": 0.0}
         with sampler:
             pushes(warm)                  # round 0 warms the server, as the raw phase warms its streams
+            grpc0 = sum(c.up.wire_bytes for c in conns)
             for rnd in range(1, 1 + args.rounds):
                 tasks = tasks_for(rnd)
                 acked0 = _tcp_bytes(port)[0]
@@ -259,7 +260,7 @@ def _thinwire_phase(args, n, numel, streams, ncon, chunk, enc, payload, tmp) -> 
                 socket_bytes += _tcp_bytes(port)[0] - acked0
                 elapsed += dt
                 lat += lat_r
-        grpc_bytes = sum(c.up.wire_bytes for c in conns)
+        grpc_bytes = sum(c.up.wire_bytes for c in conns) - grpc0
         for c in conns:
             c.close()
         proc.wait(60)

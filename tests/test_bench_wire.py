@@ -1,0 +1,41 @@
+"""Smoke test of `thinwire bench wire` at tiny sizes: both servers start, every push is accepted,
+and the accounting it reports is consistent (the figures themselves are in docs/BENCHMARKS.md)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from thinwire.bench import wire
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_wire_runs_and_accounts_bytes(tmp_path, capsys):
+    p = argparse.ArgumentParser()
+    wire.add_arguments(p)
+    out = tmp_path / "wire.json"
+    args = p.parse_args(["--clients", "3", "--sizes-mb", "0.2", "--chunk-kb", "64", "--rounds", "2",
+                         "--json", str(out)])
+    assert wire.run(args) == 0
+    (r,) = json.loads(out.read_text())
+    assert r["clients"] == 3 and r["rounds"] == 2
+    assert r["ingest_mb_s"] > 0 and r["raw_mb_s"] > 0 and r["ratio"] > 0
+    # gRPC-level bytes: the payload plus per-message framing (a few dozen bytes per 64 KiB chunk)
+    assert 1.0 < r["grpc_per_payload"] < 1.01
+    # the kernel saw at least what gRPC serialized, plus HTTP/2 frame headers and control RPCs
+    assert r["grpc_per_payload"] <= r["socket_per_payload"] < 1.05
+    assert r["server_cpu_s"] > 0 and r["p50_s"] <= r["p99_s"]
+    assert "vs raw" in capsys.readouterr().out
+
+
+def test_bench_wire_bad_lists_are_one_line_errors():
+    from thinwire.errors import ConfigError
+
+    p = argparse.ArgumentParser()
+    wire.add_arguments(p)
+    with pytest.raises(ConfigError, match="clients"):
+        wire.run(p.parse_args(["--clients", "0"]))
+    with pytest.raises(ConfigError, match="rounds"):
+        wire.run(p.parse_args(["--rounds", "0"]))
