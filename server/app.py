@@ -29,7 +29,7 @@ from thinwire.config import RunConfig, to_dict
 from thinwire.faults import NetworkModel
 from thinwire.metrics import MetricsWriter
 from thinwire.task import TaskSpec, decode_update
-from thinwire.transport import BODY_ALIGN, BufferBudget, ByteCounter, Reassembly, WireError, sha256
+from thinwire.transport import BufferBudget, ByteCounter, Reassembly, WireError, sha256
 
 from .driver import RoundPolicy
 from .strategy import make_strategy
@@ -271,7 +271,7 @@ class ParameterServer:
             raise WireError("RESOURCE_EXHAUSTED",
                             f"update of {nbytes} bytes exceeds the server limit of {self.max_update_bytes} bytes")
         cost = Reassembly.charge(nbytes, chunk_size)
-        if not self.budget.acquire(cost, self.opts.push_wait, nbytes + BODY_ALIGN):
+        if not self.budget.acquire(cost, self.opts.push_wait, Reassembly.buffer_bytes(nbytes)):
             raise WireError("UNAVAILABLE", f"server busy: no reassembly buffer free within {self.opts.push_wait:g} s; "
                             "retry later")
         return cost

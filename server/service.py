@@ -129,7 +129,6 @@ class Servicer(pb2_grpc.ParameterServerServicer):
             result, missing, holes = ps.finish_push(key, ra, header, retrans)
             key = None
         except WireError as e:
-            ps.budget.release(reserved)
             if key is not None:
                 ps.abort_push(key)
             elif e.code != "ALREADY_EXISTS":
@@ -138,10 +137,11 @@ class Servicer(pb2_grpc.ParameterServerServicer):
             log.info("push refused (%s): %s", e.code, e)
             _abort(context, e)
         except Exception:
-            ps.budget.release(reserved)
             if key is not None:
                 ps.abort_push(key)
             raise
+        finally:
+            ps.budget.release(reserved)         # a reservation not yet taken over by begin_push
         code = {"accepted": pb2.PushReply.ACCEPTED, "incomplete": pb2.PushReply.INCOMPLETE,
                 "late": pb2.PushReply.LATE}[result]
         msg = {"accepted": "update accepted", "late": "round already has its updates; update not used",

@@ -307,15 +307,20 @@ class Reassembly:
         if self.body_size == 0:
             self.have[:] = True
         self.nbytes = total
-        self.buffer_size = total + BODY_ALIGN
+        self.buffer_size = self.buffer_bytes(total)
         self.cost = self.charge(total, self.chunk_size)
+
+    @staticmethod
+    def buffer_bytes(nbytes: int) -> int:
+        """Size of the buffer for `nbytes` Encoded bytes: room to place the body aligned."""
+        return nbytes + BODY_ALIGN
 
     @staticmethod
     def charge(nbytes: int, chunk_size: int) -> int:
         """Budget a push of `nbytes` Encoded bytes is charged: its aligned buffer plus the chunk
         being placed and one more that gRPC may already hold for it, so memory stays bounded
         whatever the number of streams."""
-        return nbytes + BODY_ALIGN + 2 * chunk_size
+        return Reassembly.buffer_bytes(nbytes) + 2 * chunk_size
 
     def attach(self, buf: bytearray | None = None) -> None:
         """Give the push its buffer of `buffer_size` bytes (possibly recycled: every byte is
