@@ -26,6 +26,7 @@ from thinwire.transport import (ByteCounter, Link, channel_options, push_size_me
 log = logging.getLogger("thinwire.client")
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED)
 MAX_RETRANSMITS = 64
+MAX_DIGEST_RESTARTS = 1               # whole-update resends after a DATA_LOSS reply
 
 
 class ServerUnavailable(UserError):
@@ -128,16 +129,18 @@ class Connection:
 
     def push(self, *, client_id: int, rnd: int, model_version: int, payload: bytes, header_size: int,
              num_samples: int, train_loss: float, link: Link, chunk_size: int, metrics: dict | None = None,
-             digest: bool = False, job: int | None = None) -> pb2.PushReply:
+             job: int | None = None) -> pb2.PushReply:
         """Push one Encoded payload; resend what the server reports missing until it is accepted.
 
-        Every chunk carries a crc32; `digest` adds a sha256 of the whole body (an end-to-end check
-        that costs about as much again on both ends)."""
+        Every chunk carries a crc32 and the header the sha256 of the whole body: the server
+        resumes a partial buffer only for the same digest and checks the finished body against it.
+        A DATA_LOSS reply (the server held chunks of other content and dropped them) is answered by
+        pushing the whole update once more from the start."""
         body = memoryview(payload)[header_size:]
         ranges = split(len(body), chunk_size)
         header = pb2.PushHeader(model_version=model_version, encoded_header=bytes(payload[:header_size]),
                                 body_size=len(body), chunk_size=chunk_size, num_chunks=len(ranges),
-                                body_sha256=sha256(body) if digest else b"", num_samples=num_samples, train_loss=train_loss,
+                                body_sha256=sha256(body), num_samples=num_samples, train_loss=train_loss,
                                 metrics=metrics or {})
         if job is not None:
             header.job = job
@@ -145,16 +148,28 @@ class Connection:
         header.codec = str(hdr.get("codec", ""))
         header.codec_params_json = json.dumps(hdr.get("params", {}))
         seqs = list(range(len(ranges)))
-        for attempt in range(MAX_RETRANSMITS + 1):
+        restarts = 0
+        attempt = 0
+        while attempt <= MAX_RETRANSMITS:
             msgs = update_messages(pb2, rnd=rnd, client_id=client_id, header=header, body=body, ranges=ranges,
                                    seqs=seqs, link=link, attempt=attempt, counter=self.up)
             md = self.security.metadata(client_id)
             if attempt == 0:                    # a retransmission resumes memory the server already holds
                 md += (push_size_metadata(len(payload), chunk_size),)
-            reply = self._push(msgs, timeout=self.rpc_timeout * 10, metadata=md)
+            try:
+                reply = self._push(msgs, timeout=self.rpc_timeout * 10, metadata=md)
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.DATA_LOSS or restarts >= MAX_DIGEST_RESTARTS:
+                    raise
+                restarts += 1                   # the server dropped its buffer: send everything again
+                seqs, attempt = list(range(len(ranges))), 0
+                continue
+            if attempt:                         # resent chunks the server asked for (lost again or not):
+                self.up.retransmit(len(seqs))   # counted like the simulator and the server count them
             if reply.result != pb2.PushReply.INCOMPLETE:
                 return reply
             seqs = list(reply.missing)
+            attempt += 1
         raise RuntimeError(f"client {client_id}: update still incomplete after {MAX_RETRANSMITS} retransmissions")
 
 

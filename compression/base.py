@@ -32,6 +32,20 @@ _SUPPORTED_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat
                      "float64": torch.float64}
 
 
+def parse_header_json(raw: bytes | memoryview) -> dict[str, Any]:
+    """The JSON header of an Encoded as a dict; ValueError for anything else. Headers come off the
+    wire, so JSON nested too deeply for the parser is a ValueError too, never a RecursionError."""
+    try:
+        header = json.loads(bytes(raw))
+    except RecursionError:
+        raise ValueError("header JSON nested too deeply; allowed: a flat object of codec fields") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"header JSON is a {type(header).__name__}; allowed: an object")
+    return header
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     for name, dt in _SUPPORTED_DTYPES.items():
         if dt == dtype:
@@ -161,7 +175,7 @@ class Encoded:
         if end > len(data):
             raise ValueError("payload: truncated header")
         try:
-            header = json.loads(bytes(data[_PREFIX.size:end]))
+            header = parse_header_json(data[_PREFIX.size:end])
             sections, pos = {}, end
             for name, size in header["sections"]:
                 if size < 0 or pos + size > len(data):

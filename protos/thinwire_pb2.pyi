@@ -229,7 +229,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("run_name", "round", "rounds_total", "phase", "model_version", "clients_joined", "clients_alive", "selected", "accepted", "bytes_up_payload", "bytes_up_wire", "bytes_down_payload", "bytes_down_wire", "accuracy", "loss", "finished", "rejected_pushes")
+    __slots__ = ("run_name", "round", "rounds_total", "phase", "model_version", "clients_joined", "clients_alive", "selected", "accepted", "bytes_up_payload", "bytes_up_wire", "bytes_down_payload", "bytes_down_wire", "accuracy", "loss", "finished", "rejected_pushes", "reassembly_bytes", "reassembly_buffers", "reassembly_pooled_bytes")
     RUN_NAME_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -247,6 +247,9 @@ class StatusReply(_message.Message):
     LOSS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_PUSHES_FIELD_NUMBER: _ClassVar[int]
+    REASSEMBLY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REASSEMBLY_BUFFERS_FIELD_NUMBER: _ClassVar[int]
+    REASSEMBLY_POOLED_BYTES_FIELD_NUMBER: _ClassVar[int]
     run_name: str
     round: int
     rounds_total: int
@@ -264,4 +267,7 @@ class StatusReply(_message.Message):
     loss: float
     finished: bool
     rejected_pushes: int
-    def __init__(self, run_name: _Optional[str] = ..., round: _Optional[int] = ..., rounds_total: _Optional[int] = ..., phase: _Optional[str] = ..., model_version: _Optional[int] = ..., clients_joined: _Optional[int] = ..., clients_alive: _Optional[int] = ..., selected: _Optional[_Iterable[int]] = ..., accepted: _Optional[_Iterable[int]] = ..., bytes_up_payload: _Optional[int] = ..., bytes_up_wire: _Optional[int] = ..., bytes_down_payload: _Optional[int] = ..., bytes_down_wire: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., finished: bool = ..., rejected_pushes: _Optional[int] = ...) -> None: ...
+    reassembly_bytes: int
+    reassembly_buffers: int
+    reassembly_pooled_bytes: int
+    def __init__(self, run_name: _Optional[str] = ..., round: _Optional[int] = ..., rounds_total: _Optional[int] = ..., phase: _Optional[str] = ..., model_version: _Optional[int] = ..., clients_joined: _Optional[int] = ..., clients_alive: _Optional[int] = ..., selected: _Optional[_Iterable[int]] = ..., accepted: _Optional[_Iterable[int]] = ..., bytes_up_payload: _Optional[int] = ..., bytes_up_wire: _Optional[int] = ..., bytes_down_payload: _Optional[int] = ..., bytes_down_wire: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., finished: bool = ..., rejected_pushes: _Optional[int] = ..., reassembly_bytes: _Optional[int] = ..., reassembly_buffers: _Optional[int] = ..., reassembly_pooled_bytes: _Optional[int] = ...) -> None: ...

@@ -21,7 +21,6 @@ import queue
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -29,6 +28,7 @@ import torch
 from thinwire import compression
 from thinwire.config import RunConfig, to_dict
 from thinwire.faults import NetworkModel
+from thinwire.paths import make_dir
 from thinwire.task import Task, result_header
 from thinwire.transport import BufferBudget, ByteCounter, Reassembly, WireError, sha256
 
@@ -87,8 +87,7 @@ class ParameterServer:
                  init_vec: torch.Tensor | None = None, evaluator: Callable[[torch.Tensor], tuple[float, float]] | None = None,
                  segments: tuple[int, ...] | None = None) -> None:
         self.cfg, self.opts = cfg, opts
-        self.run_dir = Path(cfg.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = make_dir("out_dir", cfg.run_dir)
         if init_vec is None:
             from thinwire.data import dataset_from_config
             from thinwire.training import build_run_model
@@ -338,6 +337,7 @@ class ParameterServer:
         with self.cv:
             for key in [k for k in self.partial if k[0] == rnd and k not in self.busy]:
                 self._drop_partial(key)
+        held = self.budget.snapshot()         # after this round's partial buffers were dropped
         up0, down0 = self._io0 or (self.up.snapshot(), self.down.snapshot())
         up1, down1 = self.up.snapshot(), self.down.snapshot()
         rs = rs or RoundState(rnd, [], 0.0, {})
@@ -349,8 +349,9 @@ class ParameterServer:
             "dropped_chunks": rs.dropped_chunks,
             "retransmitted_chunks": rs.retransmitted_chunks,
             "rejected_pushes": rs.rejected,
-            "reassembly_bytes": self.budget.used,
             "stragglers": [c for c in rs.selected if self.net.straggler_factor(c, rnd) > 1.0] if self.opts.emulate else [],
+            "reassembly_bytes": held["reassembly_bytes"],
+            "reassembly_buffers": held["reassembly_buffers"],
         }
 
     def state_dict(self) -> dict[str, Any]:

@@ -119,9 +119,12 @@ def serve(cfg: RunConfig, opts: ServeOptions, security, *, resume: bool = False,
 
 
 def run(args: argparse.Namespace) -> int:
+    from thinwire.paths import make_dir
+
     cfg = config.from_args(RunConfig, args)
     opts = serve_options(args)
     security = server_security(args)
+    make_dir("out_dir", cfg.run_dir)
     st = serve(cfg, opts, security, resume=args.resume, port_file=args.port_file)
     from thinwire.metrics import read_metrics
     from .rounds import results_table, summarize

@@ -26,6 +26,7 @@ from thinwire import checkpoint
 from thinwire.config import RunConfig, to_dict
 from thinwire.errors import ConfigError
 from thinwire.metrics import MetricsWriter
+from thinwire.paths import make_dir
 from thinwire.task import Task, decode_result
 
 from .driver import RoundPolicy
@@ -98,8 +99,7 @@ class RoundEngine:
 
         self.cfg = cfg
         self.transport = transport
-        self.run_dir = Path(cfg.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = make_dir("out_dir", cfg.run_dir)
         self.policy = RoundPolicy.from_config(cfg)
         self.strategy = strategy or make_strategy(cfg)
         self.evaluator = evaluator
@@ -263,6 +263,7 @@ class RoundEngine:
             "hole_chunks": io.get("hole_chunks", 0),
             "rejected_pushes": rejected + io.get("rejected_pushes", 0),
             "reassembly_bytes": io.get("reassembly_bytes", 0),
+            "reassembly_buffers": io.get("reassembly_buffers", 0),
             "train_loss": agg.get("train_loss"),
             "aggregated": agg.get("aggregated", 0),
         }

@@ -90,7 +90,7 @@ class Servicer(pb2_grpc.ParameterServerServicer):
         """`request_iterator` yields (UpdateChunk, serialized size) pairs (see `add_to_server`)."""
         ps = self.ps
         key = None
-        wire = payload = retrans = reserved = 0
+        wire = payload = reserved = 0
         try:
             declared = declared_push_size(context.invocation_metadata())
             if declared is not None:            # room first, then read: a waiting push holds no body
@@ -111,8 +111,11 @@ class Servicer(pb2_grpc.ParameterServerServicer):
             held, reserved = reserved, 0        # begin_push takes the reservation over
             ra = ps.begin_push(first.round, first.client_id, header, held)
             key = (first.round, first.client_id)
-            if len(first.payload) and ra.add(first.seq, first.offset, first.payload, first.crc32) and header.attempt:
-                retrans += 1                     # the first message may carry a chunk too
+            asked, ra.asked = ra.asked, 0
+            received = 0
+            if len(first.payload):               # the first message may carry a chunk too
+                received += 1
+                ra.add(first.seq, first.offset, first.payload, first.crc32)
             for msg, n in request_iterator:
                 wire += n
                 if isinstance(msg, ValueError):
@@ -124,9 +127,14 @@ class Servicer(pb2_grpc.ParameterServerServicer):
                                     f"inside a push for (round {first.round}, client {first.client_id})")
                 if msg.header is not None:
                     raise WireError("INVALID_ARGUMENT", "only the first message of a push may carry a header")
-                if ra.add(msg.seq, msg.offset, msg.payload, msg.crc32) and header.attempt:
-                    retrans += 1
+                received += 1
+                ra.add(msg.seq, msg.offset, msg.payload, msg.crc32)
+            # A retransmission resends the chunks this server reported missing, lost again or not:
+            # counted as the client and the simulator count them (what arrived, if nothing was asked).
+            retrans = (asked or received) if header.attempt else 0
             result, missing, holes = ps.finish_push(key, ra, header, retrans)
+            if result == "incomplete":
+                ra.asked = len(missing)
             key = None
         except WireError as e:
             if key is not None:
@@ -151,7 +159,21 @@ class Servicer(pb2_grpc.ParameterServerServicer):
 
     def Status(self, request, context):
         s = self.ps.status()
+        s.update(self.ps.budget.snapshot())
         return pb2.StatusReply(**s)
+
+
+def parse_request(name: str, cls, data: bytes, context):
+    """A request message parsed inside the handler (the handlers take raw bytes): undecodable
+    bytes are the caller's fault, answered INVALID_ARGUMENT with one log line, not INTERNAL with
+    a traceback as a failing gRPC deserializer would be."""
+    try:
+        return cls.FromString(data)
+    except Exception as e:                   # protobuf's DecodeError (and anything a broken message raises)
+        log.info("%s refused (INVALID_ARGUMENT): undecodable %s of %d bytes (%s)", name, cls.__name__, len(data),
+                 type(e).__name__)
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                      f"{name}: request is not a valid {cls.__name__} message ({len(data)} bytes)")
 
 
 def add_to_server(servicer: Servicer, server: grpc.Server) -> None:
@@ -171,19 +193,24 @@ def add_to_server(servicer: Servicer, server: grpc.Server) -> None:
         ps.down.add_wire(len(data))
         return data
 
-    def unary(fn, req):
-        return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=req.FromString,
+    def unary(name, fn, req):
+        def handler(data, context):
+            return fn(parse_request(name, req, data, context), context)
+        return grpc.unary_unary_rpc_method_handler(handler, request_deserializer=None,
                                                    response_serializer=lambda m: m.SerializeToString())
 
+    def get_model(data, context):
+        yield from servicer.GetModel(parse_request("GetModel", pb2.ModelRequest, data, context), context)
+
     handlers = {
-        "Join": unary(servicer.Join, pb2.JoinRequest),
-        "Leave": unary(servicer.Leave, pb2.LeaveRequest),
-        "Heartbeat": unary(servicer.Heartbeat, pb2.HeartbeatRequest),
-        "GetTask": unary(servicer.GetTask, pb2.TaskRequest),
-        "Status": unary(servicer.Status, pb2.StatusRequest),
+        "Join": unary("Join", servicer.Join, pb2.JoinRequest),
+        "Leave": unary("Leave", servicer.Leave, pb2.LeaveRequest),
+        "Heartbeat": unary("Heartbeat", servicer.Heartbeat, pb2.HeartbeatRequest),
+        "GetTask": unary("GetTask", servicer.GetTask, pb2.TaskRequest),
+        "Status": unary("Status", servicer.Status, pb2.StatusRequest),
         "PushUpdate": grpc.stream_unary_rpc_method_handler(servicer.PushUpdate, request_deserializer=push_in,
                                                            response_serializer=lambda m: m.SerializeToString()),
-        "GetModel": grpc.unary_stream_rpc_method_handler(servicer.GetModel, request_deserializer=pb2.ModelRequest.FromString,
+        "GetModel": grpc.unary_stream_rpc_method_handler(get_model, request_deserializer=None,
                                                          response_serializer=model_out),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("thinwire.v1.ParameterServer", handlers),))

@@ -10,7 +10,6 @@ Others register themselves (`register`) or are named as `package.module:Class`.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -18,7 +17,8 @@ import torch
 
 from thinwire.task import DEFAULT_TENSOR, Task
 
-SUM_LIMIT = torch.finfo(torch.float32).max / 2     # the float32 sum's magnitude stays below this
+from .exact_sum import ExactSum
+
 
 
 @dataclass
@@ -124,11 +124,11 @@ class FedAvg(Strategy):
     """Plain FedAvg: the sample-weighted mean of client deltas, applied with a server learning rate.
     Clients send delta = local_model - global_model.
 
-    The running sum is float32, as in Flower's FedAvg and DDP's all-reduce: a float64 sum would
-    double the accumulator's memory and cost about twice the time per update (the server's main
-    per-byte cost after the checksum). It cannot overflow: each update's max |value| times its
-    weight is added to a bound on the sum's magnitude, and an update that would take that bound
-    past FLT_MAX / 2 is refused (ValueError) before anything is added."""
+    The sum does not depend on the order results arrive in, bit for bit (`ExactSum`: each delta is
+    rounded on its own to a 2**-32 grid and the weighted integers are added exactly), so a served
+    run, a resumed run and a simulation of the same clients give the same model. A delta that
+    could overflow the sum (or holds NaN / Inf) is refused with ValueError before anything is
+    added; the sum's storage is reused round after round."""
 
     name = "fedavg"
 
@@ -138,23 +138,17 @@ class FedAvg(Strategy):
         self.server_momentum = server_momentum
         self.velocity: torch.Tensor | None = None
         self._global: torch.Tensor | None = None
-        self._sum: torch.Tensor | None = None
-        self._buf: torch.Tensor | None = None     # the sum's storage, reused round after round
-        self._bound = 0.0                         # >= max |sum|
-        self._weight = 0.0
+        self._sum: ExactSum | None = None
+        self._open = False
         self._metric_sums: dict[str, float] = {}
-        self._count = 0
 
     def begin_round(self, rnd: int, global_vec: torch.Tensor) -> None:
         self._global = global_vec
-        buf = self._buf
-        if buf is None or buf.shape != global_vec.shape or buf.device != global_vec.device:
-            buf = self._buf = torch.empty_like(global_vec, dtype=torch.float32)
-        self._sum = buf.zero_()
-        self._bound = 0.0
-        self._weight = 0.0
+        if self._sum is None or self._sum.numel != global_vec.numel():
+            self._sum = ExactSum(global_vec.numel(), device=global_vec.device)
+        self._sum.reset()
+        self._open = True
         self._metric_sums = {}
-        self._count = 0
 
     def accept(self, result: Result) -> None:
         update = result.tensors.get(DEFAULT_TENSOR)
@@ -164,43 +158,31 @@ class FedAvg(Strategy):
         self.fold(update.reshape(-1), result.num_samples, metrics)
 
     def fold(self, update: torch.Tensor, num_samples: int, metrics: dict[str, float] | None = None) -> None:
-        """Add one weighted delta to the running sum (refusing, unchanged, what it cannot add)."""
-        if self._sum is None:
+        """Add one delta weighted by its sample count (refusing, unchanged, what it cannot add)."""
+        if not self._open:
             raise RuntimeError("accept() called before begin_round()")
-        if update.shape != self._sum.shape:
-            raise ValueError(f"update: shape {tuple(update.shape)} does not match model {tuple(self._sum.shape)}")
-        w = float(max(num_samples, 0))
-        lo, hi = torch.aminmax(update)
-        peak = max(-float(lo), float(hi))          # NaN / inf propagate into `peak`
-        if not math.isfinite(peak):
-            raise ValueError("update: contains NaN or Inf; allowed: finite values")
-        if self._bound + w * peak > SUM_LIMIT:
-            raise ValueError(f"update: max |value| {peak:.3g} x weight {w:g} could overflow the float32 sum; "
-                             f"allowed: finite values with max |value| x weight <= {SUM_LIMIT - self._bound:.3g}")
-        self._bound += w * peak
-        self._sum.add_(update, alpha=w)
-        self._weight += w
-        self._count += 1
+        if update.shape != (self._sum.numel,):
+            raise ValueError(f"update: shape {tuple(update.shape)} does not match model ({self._sum.numel},)")
+        w = max(int(num_samples), 0)
+        self._sum.add(update.float(), w)
         for k, v in (metrics or {}).items():
             self._metric_sums[k] = self._metric_sums.get(k, 0.0) + float(v) * w
 
     def finalize(self) -> tuple[torch.Tensor, dict[str, float]]:
-        assert self._global is not None and self._sum is not None, "finalize() before begin_round()"
-        if self._weight <= 0:
-            self._sum = None
+        assert self._open and self._global is not None, "finalize() before begin_round()"
+        self._open = False
+        if self._sum.weight <= 0:
             return self._global.clone(), {"aggregated": 0}
-        # In place where possible: no model-size temporaries beyond the new model itself.
-        step = self._sum.div_(self._weight).to(self._global.dtype)   # the buffer is reset next round
+        step = self._sum.mean().to(self._global.dtype)
         if self.server_momentum > 0:
             if self.velocity is None:
-                self.velocity = step.clone()        # never alias the reused buffer
+                self.velocity = step
             else:
                 self.velocity.mul_(self.server_momentum).add_(step)
             step = self.velocity
         new = torch.add(self._global, step, alpha=self.server_lr)
-        metrics = {k: v / self._weight for k, v in self._metric_sums.items()}
-        metrics["aggregated"] = self._count
-        self._sum = None
+        metrics = {k: v / self._sum.weight for k, v in self._metric_sums.items()}
+        metrics["aggregated"] = self._sum.count
         return new, metrics
 
     def state_dict(self) -> dict[str, Any]:

@@ -296,7 +296,7 @@ def test_byte_accounting_is_exact(tmp_path):
         payload = enc.to_bytes()
         reply = conn.push(client_id=0, rnd=task.round, model_version=ver, payload=payload,
                           header_size=enc.header_size, num_samples=5, train_loss=0.1, link=Link(None, 0),
-                          chunk_size=1024, digest=True)
+                          chunk_size=1024)
         assert reply.result == pb2.PushReply.ACCEPTED
         up_c, up_s = conn.up.snapshot(), h.ps.up.snapshot()
         # payload = the Encoded bytes exactly; both ends count the same serialized bytes

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import ConfigError
+from .paths import make_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,8 +94,7 @@ def pem_key(key) -> bytes:
 def write_bundle(out: str | os.PathLike, hosts: list[str], clients: list[str] = ("client",), days: int = 365,
                  force: bool = False) -> dict[str, Path]:
     """Write CA, server and client certificates; returns name -> path."""
-    d = Path(out)
-    d.mkdir(parents=True, exist_ok=True)
+    d = make_dir("out", out)
     names = ["ca", "server", *clients]
     paths = {f"{n}.{ext}": d / f"{n}.{ext}" for n in names for ext in ("pem", "key")}
     existing = [str(p) for p in paths.values() if p.exists()]

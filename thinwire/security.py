@@ -64,6 +64,40 @@ def _read(field_name: str, path: str | None) -> bytes:
         raise ConfigError(field_name, f"cannot read {path!r} ({e.strerror})", "a readable PEM file") from None
 
 
+def _read_certs(field_name: str, path: str):
+    """PEM certificates of `path` (gRPC itself only fails later, as a port that cannot listen)."""
+    from cryptography import x509
+
+    data = _read(field_name, path)
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        certs = []
+    if not certs:
+        raise ConfigError(field_name, f"{path!r} holds no readable PEM certificate", "a PEM certificate file "
+                          "(BEGIN CERTIFICATE), e.g. from `thinwire certs`")
+    return data, certs
+
+
+def _read_key_pair(cert_path: str, key_path: str) -> tuple[bytes, bytes]:
+    """(key PEM, certificate chain PEM), checked: both parse and the key belongs to the certificate."""
+    from cryptography.hazmat.primitives import serialization
+
+    cert_pem, certs = _read_certs("tls_cert", cert_path)
+    key_pem = _read("tls_key", key_path)
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as e:
+        raise ConfigError("tls_key", f"{key_path!r} is not an unencrypted PEM private key ({e})",
+                          "a PEM private key without a passphrase, e.g. from `thinwire certs`") from None
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    if (key.public_key().public_bytes(serialization.Encoding.DER, pub)
+            != certs[0].public_key().public_bytes(serialization.Encoding.DER, pub)):
+        raise ConfigError("tls_key", f"{key_path!r} does not belong to the certificate {cert_path!r}",
+                          "the private key the certificate was issued for")
+    return key_pem, cert_pem
+
+
 def read_tokens_file(path: str) -> dict[int, str]:
     """Client id -> secret, from JSON or 'id secret' lines (# comments allowed)."""
     text = _read("tokens_file", path).decode("utf-8", "replace")
@@ -187,8 +221,8 @@ def server_security(args) -> ServerSecurity:
             raise ConfigError("insecure", "--insecure conflicts with --tls-cert/--tls-key", "one of them")
         if not (cert and key):
             raise ConfigError("tls_key" if cert else "tls_cert", "TLS needs both --tls-cert and --tls-key")
-        creds = grpc.ssl_server_credentials([(_read("tls_key", key), _read("tls_cert", cert))],
-                                            root_certificates=_read("tls_ca", ca) if ca else None,
+        creds = grpc.ssl_server_credentials([_read_key_pair(cert, key)],
+                                            root_certificates=_read_certs("tls_ca", ca)[0] if ca else None,
                                             require_client_auth=bool(ca))
     elif ca:
         raise ConfigError("tls_ca", "--tls-ca on the server needs --tls-cert and --tls-key too")
@@ -239,9 +273,9 @@ def client_security(args) -> ClientSecurity:
             raise ConfigError("insecure", "--insecure conflicts with --tls-* flags", "one of them")
         if bool(cert) != bool(key):
             raise ConfigError("tls_key" if cert else "tls_cert", "a client certificate needs both --tls-cert and --tls-key")
-        creds = grpc.ssl_channel_credentials(root_certificates=_read("tls_ca", ca) if ca else None,
-                                             private_key=_read("tls_key", key) if key else None,
-                                             certificate_chain=_read("tls_cert", cert) if cert else None)
+        pair = _read_key_pair(cert, key) if cert else (None, None)
+        creds = grpc.ssl_channel_credentials(root_certificates=_read_certs("tls_ca", ca)[0] if ca else None,
+                                             private_key=pair[0], certificate_chain=pair[1])
         return ClientSecurity(creds, getattr(args, "tls_server_name", None), token, per_client)
     if not insecure:
         raise ConfigError("tls_ca", "no TLS CA given",

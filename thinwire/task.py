@@ -6,7 +6,6 @@ while clients execute them; neither side imports the other.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -203,15 +202,13 @@ def result_header(raw: bytes) -> dict[str, Any]:
     if version != compression.base.FORMAT_VERSION or 8 + hlen != len(raw):
         raise ValueError(f"encoded_header: version {version} / length {hlen} do not match")
     try:
-        h = json.loads(raw[8:])
+        h = compression.base.parse_header_json(raw[8:])
         body = sum(int(s) for _, s in h["sections"])
         if h["codec"] == BUNDLE:
             items = [(str(m["name"]), str(m["codec"]), int(m["numel"]), bool(m["model_shaped"]))
                      for m in h["meta"]["items"]]
         else:
             items = [(DEFAULT_TENSOR, str(h["codec"]), int(h["numel"]), True)]
-    except RecursionError:
-        raise ValueError("encoded_header: JSON nests too deeply") from None
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"encoded_header: malformed JSON header ({e})") from None
     return {"items": items, "body_size": body}

@@ -233,13 +233,14 @@ def update_messages(pb2, *, rnd: int, client_id: int, header, body: memoryview, 
 
     Chunks the link loses on this attempt are not sent (their airtime is still spent, as on a
     lossy radio); the server reports them missing and the caller decides to resend or not.
+    Retransmissions are counted by the caller once the server has answered the push (see
+    `Connection.push`), the way the server counts them, so both ends report the same figure.
     """
     header.attempt = attempt
     if attempt == 0:
         link.latency()
     else:
         link.latency(2)                     # the NACK round trip before a retransmission
-        counter.retransmit(len(seqs))
     link.airtime(len(header.encoded_header))
     counter.add_payload(len(header.encoded_header))
     lost = link.lost(rnd, len(seqs), attempt)
@@ -272,6 +273,13 @@ def _address(buf: bytearray) -> int:
 class Reassembly:
     """Server-side buffer of one (round, client) push: validates and places chunks, ignores replays.
 
+    Content integrity: every push header carries the sha256 of the whole body (required), and a
+    partial buffer left by a push that ended early is resumed only by a push with the same header,
+    digest included (`same_header`), i.e. one that claims the same content. Held chunks are not
+    trusted beyond that claim: a replayed chunk whose crc32 differs from the held one restarts the
+    buffer (the stale chunks are forgotten), and the finished body must match the digest. So chunks
+    of one push can never end up inside another push's body.
+
     The buffer holds the Encoded header followed by the body, so the finished payload is parsed
     in place without another copy. The payload is placed so that the body starts on a 64-byte
     boundary: decoders then read aligned float arrays straight out of it (zero-copy decode).
@@ -293,8 +301,9 @@ class Reassembly:
         if header.num_chunks != len(self.ranges):
             raise WireError("INVALID_ARGUMENT", f"push header: num_chunks {header.num_chunks} does not match "
                             f"body_size {header.body_size} / chunk_size {header.chunk_size} = {len(self.ranges)}")
-        if len(header.body_sha256) not in (0, 32):
-            raise WireError("INVALID_ARGUMENT", "push header: body_sha256 must be empty or 32 bytes")
+        if len(header.body_sha256) != 32:
+            raise WireError("INVALID_ARGUMENT", f"push header: body_sha256 has {len(header.body_sha256)} bytes; "
+                            "allowed: the 32-byte sha256 of the body")
         self.header_size = hsize
         self.body_size = int(header.body_size)
         self.chunk_size = int(header.chunk_size)
@@ -304,6 +313,9 @@ class Reassembly:
         self._bytes: np.ndarray | None = None
         self.start = 0                       # payload = buf[start:start + nbytes]
         self.have = np.zeros(len(self.ranges), dtype=bool)
+        self.crcs = np.zeros(len(self.ranges), dtype=np.uint32)   # crc32 of each held chunk
+        self.restarts = 0                    # times held chunks were dropped for conflicting content
+        self.asked = 0                       # chunks last reported missing: what a retransmission resends
         if self.body_size == 0:
             self.have[:] = True
         self.nbytes = total
@@ -339,11 +351,23 @@ class Reassembly:
         return buf
 
     def same_header(self, header) -> bool:
-        return (bytes(header.encoded_header) == self.encoded_header and header.body_size == self.body_size
-                and header.chunk_size == self.chunk_size and bytes(header.body_sha256) == self.sha)
+        """Whether a new push for this (round, client) may resume this buffer: it must announce the
+        same Encoded header, layout and body digest (a digest is always present, see __init__)."""
+        return (len(self.sha) == 32 and bytes(header.body_sha256) == self.sha
+                and bytes(header.encoded_header) == self.encoded_header and header.body_size == self.body_size
+                and header.chunk_size == self.chunk_size)
+
+    def restart(self) -> None:
+        """Forget every held chunk (their content is in doubt); the buffer itself is kept."""
+        self.have[:] = self.body_size == 0
+        self.crcs[:] = 0
+        self.restarts += 1
 
     def add(self, seq: int, offset: int, payload: bytes, crc: int) -> bool:
-        """Place one chunk; False when it was a replay of a chunk already held."""
+        """Place one chunk; False when it was a replay of a chunk already held with the same crc32.
+
+        A replay whose crc32 differs from the held chunk's proves the held chunks came from other
+        content: the buffer restarts and this chunk is placed as the first of the new content."""
         if seq >= len(self.ranges):
             raise WireError("INVALID_ARGUMENT", f"chunk seq {seq} out of range 0..{len(self.ranges) - 1}")
         a, b = self.ranges[seq]
@@ -353,10 +377,13 @@ class Reassembly:
         if crc32(payload) != crc:
             raise WireError("DATA_LOSS", f"chunk {seq}: crc32 mismatch (corrupted in transit)")
         if self.have[seq]:
-            return False
+            if int(self.crcs[seq]) == crc:
+                return False
+            self.restart()
         at = self.start + self.header_size
         self._bytes[at + a:at + b] = np.frombuffer(payload, dtype=np.uint8)
         self.have[seq] = True
+        self.crcs[seq] = crc
         return True
 
     @property
@@ -375,11 +402,18 @@ class Reassembly:
         return out
 
     def verify(self) -> None:
-        """Check the optional whole-body sha256 (every chunk's crc32 was checked on arrival)."""
-        if not self.complete or not self.sha:
-            return                           # a body with holes cannot match the digest
-        if sha256(self.payload()[self.header_size:]) != self.sha:
-            raise WireError("DATA_LOSS", "update body sha256 mismatch (corrupted payload)")
+        """Check the whole-body sha256 (every chunk's crc32 was checked on arrival). A body with
+        holes (holes policy) cannot match the digest; its chunks were still checked one by one."""
+        if not self.complete:
+            return
+        view = self.payload()
+        try:
+            ok = sha256(view[self.header_size:]) == self.sha
+        finally:
+            view.release()
+        if not ok:
+            raise WireError("DATA_LOSS", "update body sha256 mismatch (chunks of different content or corrupted "
+                            "payload); push the whole update again")
 
     def payload(self) -> memoryview:
         """The Encoded bytes, in place (a view: release it before the buffer is recycled)."""
@@ -394,6 +428,7 @@ class BufferBudget:
     def __init__(self, limit: int) -> None:
         self.limit = int(limit)
         self.used = 0
+        self.buffers = 0                     # buffers handed out by `take` and not yet given back
         self._pool: dict[int, list[bytearray]] = {}
         self._pooled = 0
         self._cv = threading.Condition()
@@ -430,9 +465,17 @@ class BufferBudget:
             self._pool.clear()
             self._pooled = 0
 
+    def snapshot(self) -> dict[str, int]:
+        """What reassembly holds now (the Status RPC and metrics rows): budget charged to pushes in
+        flight or partial pushes kept for retransmission, their buffers, and idle pooled bytes."""
+        with self._cv:
+            return {"reassembly_bytes": self.used, "reassembly_buffers": self.buffers,
+                    "reassembly_pooled_bytes": self._pooled}
+
     def take(self, nbytes: int) -> bytearray:
         """A buffer of exactly `nbytes` (recycled if one is pooled; contents are stale)."""
         with self._cv:
+            self.buffers += 1
             bufs = self._pool.get(nbytes)
             if bufs:
                 self._pooled -= nbytes
@@ -449,6 +492,8 @@ class BufferBudget:
         with self._cv:
             self.used = max(0, self.used - nbytes)
             size = len(buf) if buf is not None else 0
+            if size:
+                self.buffers = max(0, self.buffers - 1)
             if size and self.used + self._pooled + size <= self.limit:
                 self._pool.setdefault(size, []).append(buf)
                 self._pooled += size

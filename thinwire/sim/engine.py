@@ -20,6 +20,7 @@ import torch
 from thinwire import compression
 from thinwire.config import RunConfig, to_dict
 from thinwire.faults import NetworkModel
+from thinwire.paths import make_dir
 from thinwire.server.rounds import Arrival, Lost, RoundEngine, RunResult, results_table, summarize  # noqa: F401
 from thinwire.task import Task
 
@@ -173,8 +174,7 @@ def simulate(cfg: RunConfig, *, resume: bool = False, pool: WorkerPool | None = 
     own_pool = pool is None
     pool = pool or WorkerPool(cfg)
     try:
-        run_dir = cfg.run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = make_dir("out_dir", cfg.run_dir)
         data = data if data is not None else dataset_from_config(cfg)
         init_vec, evaluator, segments = build_run_model(cfg, data)
         summary_text = data.summary()
