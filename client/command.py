@@ -54,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
                         max_wait=args.max_wait, torch_threads=args.threads)
     res = run_fleet(opts, security)
     up, down = res.bytes_up, res.bytes_down
-    print(f"thinwire client {ids[0]}..{ids[-1]}: {res.accepted} updates accepted, {res.late} late, "
-          f"{res.refused} refused; sent {up.get('wire_bytes', 0)} B ({up.get('payload_bytes', 0)} B payload, "
+    print(f"thinwire client {ids[0]}..{ids[-1]}: {res.summary()}; sent {up.get('wire_bytes', 0)} B ({up.get('payload_bytes', 0)} B payload, "
           f"{up.get('dropped_chunks', 0)} chunks lost, {up.get('retransmitted_chunks', 0)} resent), "
           f"received {down.get('wire_bytes', 0)} B", flush=True)
     return 0 if res.finished else 1

@@ -56,15 +56,53 @@ class VirtualClient:
     joined: bool = False
 
 
+PUSH_OUTCOMES = ("accepted", "already_received", "late", "refused", "retried", "failed")
+
+
 @dataclass
 class FleetResult:
+    """What the fleet's pushes became. Every push (a call that sends one update, retransmissions of
+    its missing chunks included) has exactly one outcome, so `pushes` is the sum of the six:
+    accepted; already_received (ALREADY_EXISTS: the server had it, e.g. the reply to an earlier
+    push was lost); late; refused (the server will not take it); retried (UNAVAILABLE / ABORTED /
+    DEADLINE_EXCEEDED: the task is asked for again); failed (anything else, e.g. a broken stream)."""
     rounds_trained: dict[int, int] = field(default_factory=dict)
+    pushes: int = 0
     accepted: int = 0
+    already_received: int = 0
     late: int = 0
     refused: int = 0
+    retried: int = 0
+    failed: int = 0
+    push_seconds: list[float] = field(default_factory=list)   # wall time of each push call
     bytes_up: dict[str, int] = field(default_factory=dict)
     bytes_down: dict[str, int] = field(default_factory=dict)
     finished: bool = False
+
+    def count(self, outcome: str, seconds: float) -> None:
+        setattr(self, outcome, getattr(self, outcome) + 1)
+        self.pushes += 1
+        self.push_seconds.append(seconds)
+
+    def summary(self) -> str:
+        """'N pushes = a updates accepted + e already received + l late + r refused + t retried + f failed'."""
+        parts = " + ".join(f"{getattr(self, o)} {'updates accepted' if o == 'accepted' else o.replace('_', ' ')}"
+                           for o in PUSH_OUTCOMES)
+        return f"{self.pushes} pushes = {parts}"
+
+
+def push_outcome(e: grpc.RpcError) -> str:
+    """The outcome of a push that ended with a gRPC error (see FleetResult)."""
+    code, details = e.code(), e.details() or ""
+    if code == grpc.StatusCode.ALREADY_EXISTS:
+        return "already_received"
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return "retried"
+    if code == grpc.StatusCode.FAILED_PRECONDITION and ("is closed" in details or "finished" in details):
+        return "late"                          # over-committed and slower than the first K: normal
+    if code == grpc.StatusCode.CANCELLED:
+        return "failed"
+    return "refused"
 
 
 class Fleet:
@@ -186,6 +224,7 @@ class Fleet:
             modeled = self.net.compute_time(vc.cid, rnd, res.work) * self.time_scale
             time.sleep(max(0.0, modeled - (time.perf_counter() - t0)))
         link = Link(self.net, vc.cid, "up", self.time_scale)
+        t_push = time.perf_counter()
         try:
             push = self.conn.push(client_id=vc.cid, rnd=rnd, model_version=int(reply.model_version),
                                   payload=res.payload, header_size=res.header_size, num_samples=res.num_samples,
@@ -193,34 +232,31 @@ class Fleet:
                                   chunk_size=self.chunk_size, metrics=res.scalars, job=res.job)
             outcome = "accepted" if push.result == pb2.PushReply.ACCEPTED else "late"
         except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.ALREADY_EXISTS:
-                outcome = "accepted"           # a retry of a push the server already counted
-            elif e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED):
-                log.info("client %d: push interrupted (%s); will ask for the task again", vc.cid, e.code().name)
-                return "retry"
-            elif e.code() == grpc.StatusCode.FAILED_PRECONDITION and ("is closed" in (e.details() or "")
-                                                                      or "finished" in (e.details() or "")):
-                log.info("client %d: round %d closed before the update arrived", vc.cid, rnd)
-                outcome = "late"               # over-committed and slower than the first K: normal
-            else:
+            outcome = push_outcome(e)
+            if outcome == "refused":
                 log.warning("client %d: push for round %d refused: %s: %s", vc.cid, rnd, e.code().name, e.details())
-                outcome = "refused"
+            else:
+                log.info("client %d: push for round %d: %s (%s)", vc.cid, rnd, outcome, e.code().name)
+        except Exception:
+            self._count(vc, "failed", time.perf_counter() - t_push)
+            raise
+        self._count(vc, outcome, time.perf_counter() - t_push)
+        if outcome in ("retried", "failed"):
+            return outcome                     # ask for the task again; the state stays as it was
         if rnd != vc.last_round:
             vc.before = vc.state
         vc.state, vc.last_round = res.state, rnd
         return outcome
 
+    def _count(self, vc: VirtualClient, outcome: str, seconds: float) -> None:
+        with self.lock:
+            self.result.count(outcome, seconds)
+            if outcome in ("accepted", "already_received"):
+                self.result.rounds_trained[vc.cid] = self.result.rounds_trained.get(vc.cid, 0) + 1
+
     def _job(self, vc: VirtualClient, reply) -> None:
         try:
-            outcome = self._work(vc, reply)
-            with self.lock:
-                if outcome == "accepted":
-                    self.result.accepted += 1
-                    self.result.rounds_trained[vc.cid] = self.result.rounds_trained.get(vc.cid, 0) + 1
-                elif outcome == "late":
-                    self.result.late += 1
-                elif outcome == "refused":
-                    self.result.refused += 1
+            self._work(vc, reply)
         except grpc.RpcError as e:
             log.info("client %d: %s during round %s: %s", vc.cid, e.code().name, reply.round, e.details())
         except Exception:

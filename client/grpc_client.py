@@ -20,8 +20,8 @@ from thinwire.errors import UserError
 from thinwire.protos import thinwire_pb2 as pb2
 from thinwire.protos import thinwire_pb2_grpc as pb2_grpc
 from thinwire.security import ClientSecurity, open_channel
-from thinwire.transport import (ByteCounter, Link, channel_options, push_size_metadata, receive_model, sha256, split,
-                                update_messages)
+from thinwire.transport import (ByteCounter, Link, channel_options, chunk_crcs, push_size_metadata, receive_model,
+                                sha256, split, update_messages)
 
 log = logging.getLogger("thinwire.client")
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED)
@@ -54,8 +54,9 @@ class Connection:
 
     def __init__(self, target: str, security: ClientSecurity, *, chunk_size: int = 1 << 20,
                  backoff: Backoff | None = None, rpc_timeout: float = 30.0,
-                 extra_options: list | None = None) -> None:
+                 extra_options: list | None = None, body_digest: bool = False) -> None:
         self.target = target
+        self.body_digest = body_digest      # also send the body's sha256 (the server verifies it)
         self.extra_options = list(extra_options or [])
         self.security = security
         self.backoff = backoff or Backoff()
@@ -132,15 +133,17 @@ class Connection:
              job: int | None = None) -> pb2.PushReply:
         """Push one Encoded payload; resend what the server reports missing until it is accepted.
 
-        Every chunk carries a crc32 and the header the sha256 of the whole body: the server
-        resumes a partial buffer only for the same digest and checks the finished body against it.
-        A DATA_LOSS reply (the server held chunks of other content and dropped them) is answered by
-        pushing the whole update once more from the start."""
+        Every chunk carries a crc32 and the header the list of them (computed once here), plus the
+        sha256 of the whole body with `body_digest`: the server places only chunks that match the
+        list and resumes a partial buffer only for the identical header. A DATA_LOSS reply (a chunk
+        or the body did not match what the header announced; the server dropped the buffer) is
+        answered by pushing the whole update once more from the start."""
         body = memoryview(payload)[header_size:]
         ranges = split(len(body), chunk_size)
         header = pb2.PushHeader(model_version=model_version, encoded_header=bytes(payload[:header_size]),
                                 body_size=len(body), chunk_size=chunk_size, num_chunks=len(ranges),
-                                body_sha256=sha256(body), num_samples=num_samples, train_loss=train_loss,
+                                chunk_crc32=chunk_crcs(body, ranges),
+                                body_sha256=sha256(body) if self.body_digest else b"", num_samples=num_samples, train_loss=train_loss,
                                 metrics=metrics or {})
         if job is not None:
             header.job = job

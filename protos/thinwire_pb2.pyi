@@ -77,8 +77,48 @@ class TaskRequest(_message.Message):
     client_id: int
     def __init__(self, client_id: _Optional[int] = ...) -> None: ...
 
+class ClientRef(_message.Message):
+    __slots__ = ("client_id", "round", "token")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    client_id: int
+    round: int
+    token: str
+    def __init__(self, client_id: _Optional[int] = ..., round: _Optional[int] = ..., token: _Optional[str] = ...) -> None: ...
+
+class ManyRequest(_message.Message):
+    __slots__ = ("clients",)
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    clients: _containers.RepeatedCompositeFieldContainer[ClientRef]
+    def __init__(self, clients: _Optional[_Iterable[_Union[ClientRef, _Mapping]]] = ...) -> None: ...
+
+class HeartbeatManyReply(_message.Message):
+    __slots__ = ("round", "finished", "unknown")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    finished: bool
+    unknown: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, round: _Optional[int] = ..., finished: bool = ..., unknown: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class TasksReply(_message.Message):
+    __slots__ = ("finished", "retry_after_s", "round", "tasks", "unknown")
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_FIELD_NUMBER: _ClassVar[int]
+    finished: bool
+    retry_after_s: float
+    round: int
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskReply]
+    unknown: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, finished: bool = ..., retry_after_s: _Optional[float] = ..., round: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskReply, _Mapping]]] = ..., unknown: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class TaskReply(_message.Message):
-    __slots__ = ("action", "retry_after_s", "reason", "round", "model_version", "codec", "seed", "task_json", "model_numel", "deadline_s")
+    __slots__ = ("action", "retry_after_s", "reason", "round", "model_version", "codec", "seed", "task_json", "model_numel", "deadline_s", "client_id")
     class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         WAIT: _ClassVar[TaskReply.Action]
@@ -97,6 +137,7 @@ class TaskReply(_message.Message):
     TASK_JSON_FIELD_NUMBER: _ClassVar[int]
     MODEL_NUMEL_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     action: TaskReply.Action
     retry_after_s: float
     reason: str
@@ -107,10 +148,11 @@ class TaskReply(_message.Message):
     task_json: str
     model_numel: int
     deadline_s: float
-    def __init__(self, action: _Optional[_Union[TaskReply.Action, str]] = ..., retry_after_s: _Optional[float] = ..., reason: _Optional[str] = ..., round: _Optional[int] = ..., model_version: _Optional[int] = ..., codec: _Optional[str] = ..., seed: _Optional[int] = ..., task_json: _Optional[str] = ..., model_numel: _Optional[int] = ..., deadline_s: _Optional[float] = ...) -> None: ...
+    client_id: int
+    def __init__(self, action: _Optional[_Union[TaskReply.Action, str]] = ..., retry_after_s: _Optional[float] = ..., reason: _Optional[str] = ..., round: _Optional[int] = ..., model_version: _Optional[int] = ..., codec: _Optional[str] = ..., seed: _Optional[int] = ..., task_json: _Optional[str] = ..., model_numel: _Optional[int] = ..., deadline_s: _Optional[float] = ..., client_id: _Optional[int] = ...) -> None: ...
 
 class PushHeader(_message.Message):
-    __slots__ = ("model_version", "codec", "codec_params_json", "encoded_header", "body_size", "chunk_size", "num_chunks", "body_sha256", "num_samples", "train_loss", "attempt", "metrics", "job")
+    __slots__ = ("model_version", "codec", "codec_params_json", "encoded_header", "body_size", "chunk_size", "num_chunks", "body_sha256", "num_samples", "train_loss", "attempt", "metrics", "job", "chunk_crc32")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +173,7 @@ class PushHeader(_message.Message):
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     JOB_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_CRC32_FIELD_NUMBER: _ClassVar[int]
     model_version: int
     codec: str
     codec_params_json: str
@@ -144,7 +187,8 @@ class PushHeader(_message.Message):
     attempt: int
     metrics: _containers.ScalarMap[str, float]
     job: int
-    def __init__(self, model_version: _Optional[int] = ..., codec: _Optional[str] = ..., codec_params_json: _Optional[str] = ..., encoded_header: _Optional[bytes] = ..., body_size: _Optional[int] = ..., chunk_size: _Optional[int] = ..., num_chunks: _Optional[int] = ..., body_sha256: _Optional[bytes] = ..., num_samples: _Optional[int] = ..., train_loss: _Optional[float] = ..., attempt: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., job: _Optional[int] = ...) -> None: ...
+    chunk_crc32: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model_version: _Optional[int] = ..., codec: _Optional[str] = ..., codec_params_json: _Optional[str] = ..., encoded_header: _Optional[bytes] = ..., body_size: _Optional[int] = ..., chunk_size: _Optional[int] = ..., num_chunks: _Optional[int] = ..., body_sha256: _Optional[bytes] = ..., num_samples: _Optional[int] = ..., train_loss: _Optional[float] = ..., attempt: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., job: _Optional[int] = ..., chunk_crc32: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class UpdateChunk(_message.Message):
     __slots__ = ("round", "client_id", "seq", "num_chunks", "offset", "payload", "crc32", "header")

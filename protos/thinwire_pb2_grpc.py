@@ -54,6 +54,16 @@ class ParameterServerStub(object):
                 request_serializer=thinwire__pb2.TaskRequest.SerializeToString,
                 response_deserializer=thinwire__pb2.TaskReply.FromString,
                 _registered_method=True)
+        self.HeartbeatMany = channel.unary_unary(
+                '/thinwire.v1.ParameterServer/HeartbeatMany',
+                request_serializer=thinwire__pb2.ManyRequest.SerializeToString,
+                response_deserializer=thinwire__pb2.HeartbeatManyReply.FromString,
+                _registered_method=True)
+        self.GetTasks = channel.unary_unary(
+                '/thinwire.v1.ParameterServer/GetTasks',
+                request_serializer=thinwire__pb2.ManyRequest.SerializeToString,
+                response_deserializer=thinwire__pb2.TasksReply.FromString,
+                _registered_method=True)
         self.PushUpdate = channel.stream_unary(
                 '/thinwire.v1.ParameterServer/PushUpdate',
                 request_serializer=thinwire__pb2.UpdateChunk.SerializeToString,
@@ -101,6 +111,20 @@ class ParameterServerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HeartbeatMany(self, request, context):
+        """The control plane of a process hosting many virtual clients, one call for all of them:
+        heartbeats, and task polls that answer only for the ids with something to do.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTasks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PushUpdate(self, request_iterator, context):
         """Client-streamed update: one PushHeader message, then the body chunks.
         """
@@ -143,6 +167,16 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.GetTask,
                     request_deserializer=thinwire__pb2.TaskRequest.FromString,
                     response_serializer=thinwire__pb2.TaskReply.SerializeToString,
+            ),
+            'HeartbeatMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.HeartbeatMany,
+                    request_deserializer=thinwire__pb2.ManyRequest.FromString,
+                    response_serializer=thinwire__pb2.HeartbeatManyReply.SerializeToString,
+            ),
+            'GetTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTasks,
+                    request_deserializer=thinwire__pb2.ManyRequest.FromString,
+                    response_serializer=thinwire__pb2.TasksReply.SerializeToString,
             ),
             'PushUpdate': grpc.stream_unary_rpc_method_handler(
                     servicer.PushUpdate,
@@ -268,6 +302,60 @@ class ParameterServer(object):
             '/thinwire.v1.ParameterServer/GetTask',
             thinwire__pb2.TaskRequest.SerializeToString,
             thinwire__pb2.TaskReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HeartbeatMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/thinwire.v1.ParameterServer/HeartbeatMany',
+            thinwire__pb2.ManyRequest.SerializeToString,
+            thinwire__pb2.HeartbeatManyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/thinwire.v1.ParameterServer/GetTasks',
+            thinwire__pb2.ManyRequest.SerializeToString,
+            thinwire__pb2.TasksReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,7 +22,8 @@ from thinwire.protos import thinwire_pb2 as pb2
 from thinwire.security import Authenticator, ClientSecurity, ServerSecurity
 from thinwire.server.app import ParameterServer, ServeOptions
 from thinwire.server.service import ServerHandle
-from thinwire.transport import ByteCounter, Link, Reassembly, WireError, crc32, sha256, split, update_messages
+from thinwire.transport import (ByteCounter, Link, Reassembly, WireError, chunk_crcs, crc32, sha256, split,
+                                update_messages)
 
 NUMEL = 4096          # 16 KiB fp32 body: two 8 KiB chunks, as in the issue's reproduction
 CHUNK = 8192
@@ -33,11 +34,12 @@ def _encoded(value: float) -> tuple[bytes, int]:
     return enc.to_bytes(), enc.header_size
 
 
-def _header(payload: bytes, hs: int, *, sha: bytes | None = None) -> pb2.PushHeader:
+def _header(payload: bytes, hs: int, *, sha: bytes = b"", crcs: list[int] | None = None) -> pb2.PushHeader:
     body = payload[hs:]
+    ranges = split(len(body), CHUNK)
     return pb2.PushHeader(model_version=0, encoded_header=payload[:hs], body_size=len(body), chunk_size=CHUNK,
-                          num_chunks=len(split(len(body), CHUNK)), num_samples=1,
-                          body_sha256=sha256(body) if sha is None else sha)
+                          num_chunks=len(ranges), num_samples=1, body_sha256=sha,
+                          chunk_crc32=chunk_crcs(body, ranges) if crcs is None else crcs)
 
 
 def _buffer(header) -> Reassembly:
@@ -52,12 +54,15 @@ def _put(ra: Reassembly, body: bytes, seqs) -> None:
         ra.add(s, a, body[a:b], crc32(body[a:b]))
 
 
-def test_header_without_body_digest_is_refused():
+def test_header_without_a_crc_per_chunk_or_with_a_bad_digest_is_refused():
     payload, hs = _encoded(1e-3)
-    for sha in (b"", b"x" * 31):
+    for crcs in ([], [1], [1, 2, 3]):                             # the body has two chunks
         with pytest.raises(WireError) as e:
-            Reassembly(_header(payload, hs, sha=sha), max_update_bytes=1 << 20)
-        assert e.value.code == "INVALID_ARGUMENT" and "body_sha256" in str(e.value)
+            Reassembly(_header(payload, hs, crcs=crcs), max_update_bytes=1 << 20)
+        assert e.value.code == "INVALID_ARGUMENT" and "chunk_crc32" in str(e.value)
+    with pytest.raises(WireError) as e:
+        Reassembly(_header(payload, hs, sha=b"x" * 31), max_update_bytes=1 << 20)
+    assert e.value.code == "INVALID_ARGUMENT" and "body_sha256" in str(e.value)
 
 
 def test_other_content_never_resumes_a_partial_buffer():
@@ -65,40 +70,42 @@ def test_other_content_never_resumes_a_partial_buffer():
     honest, _ = _encoded(1e-3)
     ra = _buffer(_header(stale, hs))
     _put(ra, stale[hs:], [0])                                     # a push that ended after chunk 0
-    assert not ra.same_header(_header(honest, hs))                # other digest: the server starts afresh
+    assert not ra.same_header(_header(honest, hs))                # other crc list: the server starts afresh
+    assert not ra.same_header(_header(stale, hs, sha=sha256(stale[hs:])))   # a digest now, none before
     assert ra.same_header(_header(stale, hs))                     # the same content may resume
 
 
-def test_replayed_chunk_with_other_crc_restarts_the_buffer():
-    """An attacker (or a broken earlier push) left chunk 0 of other bytes under the honest header:
-    the honest push resends chunk 0 with another crc32, so the stale chunk is dropped."""
+def test_a_chunk_of_other_content_is_never_placed():
+    """An attacker (or a broken earlier push) sends chunk 0 of other bytes under the honest header:
+    refused (DATA_LOSS) before a byte is placed, though its own crc32 is right."""
     stale, hs = _encoded(0.5)
     honest, _ = _encoded(1e-3)
-    ra = _buffer(_header(honest, hs))                             # claims the honest digest
-    _put(ra, stale[hs:], [0])
-    assert ra.missing() == [1]
-    _put(ra, honest[hs:], range(len(ra.ranges)))                  # the honest push: every chunk
-    assert ra.restarts == 1 and ra.complete
+    ra = _buffer(_header(honest, hs))                             # announces the honest chunks
+    with pytest.raises(WireError) as e:
+        _put(ra, stale[hs:], [0])
+    assert e.value.code == "DATA_LOSS" and "chunk_crc32[0]" in str(e.value)
+    assert ra.missing() == [0, 1]
+    _put(ra, honest[hs:], range(len(ra.ranges)))
+    assert ra.complete
     ra.verify()
     assert bytes(ra.payload()) == honest
     dec = compression.get("identity").decode(compression.Encoded.from_bytes(ra.payload()))
     assert torch.equal(dec, torch.full((NUMEL,), 1e-3))
-    # an identical replay is still just ignored
-    a, b = ra.ranges[0]
-    assert not ra.add(0, a, honest[hs + a:hs + b], crc32(honest[hs + a:hs + b])) and ra.restarts == 1
+    a, b = ra.ranges[0]                                            # an identical replay is just ignored
+    assert not ra.add(0, a, honest[hs + a:hs + b], crc32(honest[hs + a:hs + b]))
 
 
-def test_stale_chunks_never_complete_a_body_unnoticed():
-    """Chunks the new push never resends are covered by the body digest: a mixed body is refused."""
-    stale, hs = _encoded(0.5)
-    honest, _ = _encoded(1e-3)
-    ra = _buffer(_header(honest, hs))
-    _put(ra, stale[hs:], [0])
-    _put(ra, honest[hs:], [1])                                    # a retransmission of what was missing
-    assert ra.complete
+def test_optional_body_digest_is_verified_when_present():
+    """A sha256 that does not match the body (chunks all matching the crc list) is DATA_LOSS."""
+    honest, hs = _encoded(1e-3)
+    ra = _buffer(_header(honest, hs, sha=sha256(b"other")))
+    _put(ra, honest[hs:], range(len(ra.ranges)))
     with pytest.raises(WireError) as e:
         ra.verify()
     assert e.value.code == "DATA_LOSS"
+    ra = _buffer(_header(honest, hs, sha=sha256(honest[hs:])))
+    _put(ra, honest[hs:], range(len(ra.ranges)))
+    ra.verify()
 
 
 # -- end to end ---------------------------------------------------------------------------------
@@ -128,10 +135,11 @@ def _raw_push(conn, rnd, header, body, seqs):
     return conn._push(msgs, timeout=30, metadata=conn.security.metadata(0))
 
 
-@pytest.mark.parametrize("claim", ["own digest", "honest digest"])
+@pytest.mark.parametrize("claim", ["own crc list", "honest crc list"])
 def test_issue_reproduction_end_to_end(tmp_path, claim):
     """The issue's steps: push chunk 0 of a body of 0.5s and end the stream, then push the honest
-    body of 1e-3s: the applied update is exactly the honest one, whatever digest the first claimed."""
+    body of 1e-3s: the applied update is exactly the honest one, whatever header the first sent
+    (its own: the honest push starts afresh; the honest one: the stale chunk is refused)."""
     h = _serve(tmp_path)
     conn = Connection(f"127.0.0.1:{h.port}", ClientSecurity(None), backoff=Backoff(max_wait=5))
     try:
@@ -139,10 +147,15 @@ def test_issue_reproduction_end_to_end(tmp_path, claim):
         rnd = _train_round(conn)
         stale, hs = _encoded(0.5)
         honest, _ = _encoded(1e-3)
-        header = _header(stale, hs) if claim == "own digest" else _header(honest, hs)
-        reply = _raw_push(conn, rnd, header, stale[hs:], [0])
-        assert reply.result == pb2.PushReply.INCOMPLETE and list(reply.missing) == [1]
-        assert conn.stub.Status(pb2.StatusRequest(), timeout=5).reassembly_buffers == 1
+        if claim == "own crc list":
+            reply = _raw_push(conn, rnd, _header(stale, hs), stale[hs:], [0])
+            assert reply.result == pb2.PushReply.INCOMPLETE and list(reply.missing) == [1]
+            assert conn.stub.Status(pb2.StatusRequest(), timeout=5).reassembly_buffers == 1
+        else:
+            with pytest.raises(grpc.RpcError) as e:
+                _raw_push(conn, rnd, _header(honest, hs), stale[hs:], [0])
+            assert e.value.code() == grpc.StatusCode.DATA_LOSS
+            assert conn.stub.Status(pb2.StatusRequest(), timeout=5).reassembly_buffers == 0
         reply = conn.push(client_id=0, rnd=rnd, model_version=0, payload=honest, header_size=hs, num_samples=1,
                           train_loss=0.0, link=Link(None, 0), chunk_size=CHUNK)
         assert reply.result == pb2.PushReply.ACCEPTED

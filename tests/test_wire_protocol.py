@@ -24,7 +24,7 @@ from thinwire.protos import thinwire_pb2 as pb2
 from thinwire.security import Authenticator, ClientSecurity, ServerSecurity
 from thinwire.server.app import ParameterServer, ServeOptions
 from thinwire.server.service import ServerHandle
-from thinwire.transport import (BODY_ALIGN, GRPC_FRAME, PUSH_SIZE_KEY, BufferBudget, ByteCounter, Link, Reassembly, WireError, crc32, sha256,
+from thinwire.transport import (BODY_ALIGN, GRPC_FRAME, PUSH_SIZE_KEY, BufferBudget, ByteCounter, Link, Reassembly, WireError, chunk_crcs, crc32, sha256,
                                 split, update_messages)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def _header(payload: bytes, header_size: int, chunk: int) -> pb2.PushHeader:
     body = payload[header_size:]
     return pb2.PushHeader(model_version=0, encoded_header=payload[:header_size], body_size=len(body),
                           chunk_size=chunk, num_chunks=len(split(len(body), chunk)), body_sha256=sha256(body),
-                          num_samples=10)
+                          chunk_crc32=chunk_crcs(body, split(len(body), chunk)), num_samples=10)
 
 
 def _identity(vec: torch.Tensor) -> tuple[bytes, int]:

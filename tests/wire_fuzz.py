@@ -15,26 +15,30 @@ import torch
 
 from thinwire import compression
 from thinwire.protos import thinwire_pb2 as pb2
-from thinwire.transport import PUSH_SIZE_KEY, ByteCounter, Link, crc32, sha256, split, update_messages
+from thinwire.transport import PUSH_SIZE_KEY, ByteCounter, Link, chunk_crcs, crc32, sha256, split, update_messages
 
 UNARY = {"Join": pb2.JoinRequest, "Leave": pb2.LeaveRequest, "Heartbeat": pb2.HeartbeatRequest,
          "GetTask": pb2.TaskRequest, "Status": pb2.StatusRequest}
 PUSH_KINDS = ["garbage_first", "empty", "crc", "declared_garbage", "declared_huge", "lying_body_size",
               "lying_num_chunks", "dup_reorder_bad_sha", "truncated", "cancelled", "unknown_codec", "bad_params",
               "numel", "nan", "inf", "closed_round", "future_round", "huge_round", "model_version", "huge_header",
-              "foreign_chunk", "seq_range", "offset_lie", "no_digest", "second_header"]
+              "nested_json", "foreign_chunk", "seq_range", "offset_lie", "no_crc_list", "short_crc_list",
+              "bad_digest", "crc_list_lie", "second_header"]
 UNARY_KINDS = ["random_bytes", "bad_id", "model_version", "model_codec", "model_params", "model_random"]
 
 
 def encoded(vec: torch.Tensor, codec: str = "identity", params: dict | None = None, numel: int | None = None,
-            body: bytes | None = None) -> tuple[bytes, int]:
-    """Encoded bytes of `vec` with the header fields overridable (so invalid payloads can be built)."""
+            body: bytes | None = None, nest: int = 0) -> tuple[bytes, int]:
+    """Encoded bytes of `vec` with the header fields overridable (so invalid payloads can be built);
+    `nest` > 0 puts a list nested that deep into the header JSON."""
     enc = compression.get("identity").encode(vec)
     h = json.loads(enc.header_bytes())
     h["codec"], h["params"] = codec, params or {}
     if numel is not None:
         h["numel"] = numel
     raw = json.dumps(h, separators=(",", ":")).encode()
+    if nest:
+        raw = raw[:-1] + b',"deep":' + b"[" * nest + b"]" * nest + b"}"
     body = b"".join(bytes(v) for v in enc.sections.values()) if body is None else body
     return struct.pack("<3sBI", compression.base.MAGIC, compression.base.FORMAT_VERSION, len(raw)) + raw + body, 8 + len(raw)
 
@@ -101,7 +105,7 @@ class Fuzzer:
         cid = int(rng.integers(self.clients))
         vec = torch.from_numpy(rng.standard_normal(self.numel).astype(np.float32))
         payload, hs = encoded(vec)
-        sha = None                                  # None: the true digest
+        sha = b""                                   # the body digest is optional
         meta: list[tuple[str, str]] = []
         if kind == "unknown_codec":
             payload, hs = encoded(vec, codec="nope")
@@ -113,12 +117,12 @@ class Fuzzer:
             arr = vec.numpy().copy()
             arr[rng.integers(self.numel, size=3)] = np.nan if kind == "nan" else np.inf
             payload, hs = encoded(vec, body=arr.tobytes())
-        elif kind in ("dup_reorder_bad_sha", "truncated", "cancelled"):
-            sha = rng.bytes(32)                     # other content than the body
         elif kind == "huge_header":
             payload, hs = encoded(vec, params={"pad": "x" * int(rng.choice([3 << 20, 1 << 21]))})
-        elif kind == "no_digest":
-            sha = b""
+        elif kind == "nested_json":
+            payload, hs = encoded(vec, nest=int(rng.choice([5_000, 100_000, 400_000])))
+        elif kind == "bad_digest":
+            sha = rng.bytes(int(rng.choice([1, 31, 32, 33])))      # 32: a digest of other content
         if kind == "closed_round":
             rnd -= int(rng.integers(1, 3))
         elif kind == "future_round":
@@ -129,9 +133,16 @@ class Fuzzer:
             version += int(rng.choice([-1, 1, 1000]))
         body = memoryview(payload)[hs:]
         ranges = split(len(body), self.chunk)
+        crcs = chunk_crcs(body, ranges)
+        if kind in ("dup_reorder_bad_sha", "truncated", "cancelled", "crc_list_lie"):
+            crcs[int(rng.integers(len(crcs)))] ^= 1 + int(rng.integers(1 << 31))   # another chunk announced
+        elif kind == "no_crc_list":
+            crcs = []
+        elif kind == "short_crc_list":
+            crcs = crcs[:-1] if rng.random() < 0.5 else crcs + [0]
         header = pb2.PushHeader(model_version=version, encoded_header=bytes(payload[:hs]), body_size=len(body),
-                                chunk_size=self.chunk, num_chunks=len(ranges),
-                                body_sha256=sha256(body) if sha is None else sha, num_samples=int(rng.integers(1, 99)))
+                                chunk_size=self.chunk, num_chunks=len(ranges), body_sha256=sha, chunk_crc32=crcs,
+                                num_samples=int(rng.integers(1, 99)))
         if kind == "lying_body_size":
             header.body_size = len(body) + int(rng.choice([-4, 4, 10 ** 9]))
         elif kind == "lying_num_chunks":
@@ -139,6 +150,9 @@ class Fuzzer:
         msgs = [pb2.UpdateChunk.FromString(m) for m in update_messages(
             pb2, rnd=rnd, client_id=cid, header=header, body=body, ranges=ranges, seqs=list(range(len(ranges))),
             link=Link(None, cid), attempt=0, counter=ByteCounter())]
+        for m in msgs:                              # each chunk's own crc32 is right: a lie is in the header's list
+            if m.payload:
+                m.crc32 = crc32(m.payload)
         data = [m.SerializeToString() for m in msgs]
         body_msgs = list(range(1, len(data))) if len(data) > 1 else [0]
         if kind == "garbage_first":

@@ -3,7 +3,7 @@ fault-injecting link that applies the run's NetworkModel to a real gRPC stream.
 
 An `Encoded` payload travels as a header (prefix + JSON header, sent reliably in the first
 message) and a body cut into `chunk_ranges(body, chunk_size)`; each chunk carries its offset and
-crc32, the header a sha256 of the whole body. The same chunk ranges and the same seeded
+crc32, the header the list of the chunks' crc32 (and optionally a sha256 of the whole body). The same chunk ranges and the same seeded
 `NetworkModel.lost_chunks` masks as the simulator are used, so a real run loses exactly the
 chunks the simulator would have lost for the same seed.
 
@@ -213,13 +213,19 @@ def _varint(n: int) -> bytes:
 _PAYLOAD_TAG = bytes([(6 << 3) | 2])       # UpdateChunk.payload: field 6, length-delimited
 
 
+def chunk_crcs(body: bytes | memoryview, ranges: Sequence[tuple[int, int]]) -> list[int]:
+    """crc32 of every chunk of `body`: the push header's `chunk_crc32` list."""
+    return [crc32(body[a:b]) for a, b in ranges]
+
+
 def chunk_bytes(pb2, rnd: int, client_id: int, seq: int, num_chunks: int, offset: int, piece: memoryview,
-                header=None) -> bytes:
+                header=None, crc: int | None = None) -> bytes:
     """A serialized UpdateChunk built with one copy of the payload (protobuf accepts fields in any
     order, so the small fields are serialized normally and the payload field appended by hand).
-    `header` (a PushHeader) makes it the push's first message."""
+    `header` (a PushHeader) makes it the push's first message; `crc` is the piece's crc32 when
+    already known."""
     head = pb2.UpdateChunk(round=rnd, client_id=client_id, seq=seq, num_chunks=num_chunks, offset=offset,
-                           crc32=crc32(piece), header=header).SerializeToString()
+                           crc32=crc32(piece) if crc is None else crc, header=header).SerializeToString()
     return b"".join((head, _PAYLOAD_TAG, _varint(len(piece)), piece))
 
 
@@ -231,7 +237,8 @@ def update_messages(pb2, *, rnd: int, client_id: int, header, body: memoryview, 
     server's reassembly budget holds no body bytes. Every yielded message is counted exactly
     (its length + the gRPC prefix).
 
-    Chunks the link loses on this attempt are not sent (their airtime is still spent, as on a
+    Each chunk's crc32 is taken from the header's `chunk_crc32` list when it has one (computed once
+    per update, see `chunk_crcs`). Chunks the link loses on this attempt are not sent (their airtime is still spent, as on a
     lossy radio); the server reports them missing and the caller decides to resend or not.
     Retransmissions are counted by the caller once the server has answered the push (see
     `Connection.push`), the way the server counts them, so both ends report the same figure.
@@ -244,6 +251,7 @@ def update_messages(pb2, *, rnd: int, client_id: int, header, body: memoryview, 
     link.airtime(len(header.encoded_header))
     counter.add_payload(len(header.encoded_header))
     lost = link.lost(rnd, len(seqs), attempt)
+    crcs = list(header.chunk_crc32) if len(header.chunk_crc32) == len(ranges) else None
     pending = header                        # sent alone first, or riding on a lone chunk
     if len(seqs) != 1 or (lost[0] and ranges[seqs[0]][1] > ranges[seqs[0]][0]):
         msg = pb2.UpdateChunk(round=rnd, client_id=client_id, num_chunks=len(ranges), header=header).SerializeToString()
@@ -256,7 +264,8 @@ def update_messages(pb2, *, rnd: int, client_id: int, header, body: memoryview, 
         if lost[i] and b > a:
             counter.drop(b - a)
             continue
-        msg = chunk_bytes(pb2, rnd, client_id, seq, len(ranges), a, body[a:b], header=pending)
+        msg = chunk_bytes(pb2, rnd, client_id, seq, len(ranges), a, body[a:b], header=pending,
+                          crc=crcs[seq] if crcs else None)
         counter.add_wire(len(msg))
         counter.add_payload(b - a)
         yield msg
@@ -273,12 +282,14 @@ def _address(buf: bytearray) -> int:
 class Reassembly:
     """Server-side buffer of one (round, client) push: validates and places chunks, ignores replays.
 
-    Content integrity: every push header carries the sha256 of the whole body (required), and a
-    partial buffer left by a push that ended early is resumed only by a push with the same header,
-    digest included (`same_header`), i.e. one that claims the same content. Held chunks are not
-    trusted beyond that claim: a replayed chunk whose crc32 differs from the held one restarts the
-    buffer (the stale chunks are forgotten), and the finished body must match the digest. So chunks
-    of one push can never end up inside another push's body.
+    Content integrity: every push header lists the crc32 of each body chunk (required); a chunk is
+    placed only if its bytes match its entry, and a partial buffer left by a push that ended early
+    is resumed only by a push with the identical header, list included (`same_header`), i.e. one
+    that announces the same content. So chunks of one push never end up inside another push's body:
+    a stale chunk either belongs to the same list (the same bytes, up to crc32) or the buffer starts
+    afresh. A sha256 of the whole body is optional (a client flag, for protection against forged
+    crc32 collisions) and verified when present. The list costs 4 bytes per chunk and no pass over
+    the body beyond the per-chunk crc32 that was already computed on both ends.
 
     The buffer holds the Encoded header followed by the body, so the finished payload is parsed
     in place without another copy. The payload is placed so that the body starts on a 64-byte
@@ -301,20 +312,22 @@ class Reassembly:
         if header.num_chunks != len(self.ranges):
             raise WireError("INVALID_ARGUMENT", f"push header: num_chunks {header.num_chunks} does not match "
                             f"body_size {header.body_size} / chunk_size {header.chunk_size} = {len(self.ranges)}")
-        if len(header.body_sha256) != 32:
+        if len(header.chunk_crc32) != len(self.ranges):
+            raise WireError("INVALID_ARGUMENT", f"push header: chunk_crc32 has {len(header.chunk_crc32)} entries; "
+                            f"allowed: one crc32 per chunk ({len(self.ranges)})")
+        if len(header.body_sha256) not in (0, 32):
             raise WireError("INVALID_ARGUMENT", f"push header: body_sha256 has {len(header.body_sha256)} bytes; "
-                            "allowed: the 32-byte sha256 of the body")
+                            "allowed: none, or the 32-byte sha256 of the body")
         self.header_size = hsize
         self.body_size = int(header.body_size)
         self.chunk_size = int(header.chunk_size)
         self.encoded_header = bytes(header.encoded_header)
         self.sha = bytes(header.body_sha256)
+        self.crcs = np.array(header.chunk_crc32, dtype=np.uint32)   # what each chunk must be
         self.buf = bytearray()
         self._bytes: np.ndarray | None = None
         self.start = 0                       # payload = buf[start:start + nbytes]
         self.have = np.zeros(len(self.ranges), dtype=bool)
-        self.crcs = np.zeros(len(self.ranges), dtype=np.uint32)   # crc32 of each held chunk
-        self.restarts = 0                    # times held chunks were dropped for conflicting content
         self.asked = 0                       # chunks last reported missing: what a retransmission resends
         if self.body_size == 0:
             self.have[:] = True
@@ -352,38 +365,33 @@ class Reassembly:
 
     def same_header(self, header) -> bool:
         """Whether a new push for this (round, client) may resume this buffer: it must announce the
-        same Encoded header, layout and body digest (a digest is always present, see __init__)."""
-        return (len(self.sha) == 32 and bytes(header.body_sha256) == self.sha
-                and bytes(header.encoded_header) == self.encoded_header and header.body_size == self.body_size
-                and header.chunk_size == self.chunk_size)
-
-    def restart(self) -> None:
-        """Forget every held chunk (their content is in doubt); the buffer itself is kept."""
-        self.have[:] = self.body_size == 0
-        self.crcs[:] = 0
-        self.restarts += 1
+        same Encoded header, layout, chunk crc32 list and body digest (or none, both times)."""
+        return (bytes(header.encoded_header) == self.encoded_header and header.body_size == self.body_size
+                and header.chunk_size == self.chunk_size and bytes(header.body_sha256) == self.sha
+                and len(header.chunk_crc32) == len(self.crcs)
+                and np.array_equal(np.asarray(header.chunk_crc32, dtype=np.uint32), self.crcs))
 
     def add(self, seq: int, offset: int, payload: bytes, crc: int) -> bool:
-        """Place one chunk; False when it was a replay of a chunk already held with the same crc32.
-
-        A replay whose crc32 differs from the held chunk's proves the held chunks came from other
-        content: the buffer restarts and this chunk is placed as the first of the new content."""
+        """Place one chunk; False when it was a replay of a chunk already held (the same bytes, as
+        both match the header's crc32). A chunk that does not match its crc32 (corrupted in
+        transit) or the header's entry for it (other content) is refused and never placed."""
         if seq >= len(self.ranges):
             raise WireError("INVALID_ARGUMENT", f"chunk seq {seq} out of range 0..{len(self.ranges) - 1}")
         a, b = self.ranges[seq]
         if offset != a or len(payload) != b - a:
             raise WireError("INVALID_ARGUMENT", f"chunk {seq}: offset/length {offset}+{len(payload)} do not match "
                             f"the expected range [{a}, {b})")
-        if crc32(payload) != crc:
+        actual = crc32(payload)
+        if actual != crc:
             raise WireError("DATA_LOSS", f"chunk {seq}: crc32 mismatch (corrupted in transit)")
+        if actual != int(self.crcs[seq]):
+            raise WireError("DATA_LOSS", f"chunk {seq}: its crc32 is not the push header's chunk_crc32[{seq}] "
+                            "(chunk of other content); push the whole update again")
         if self.have[seq]:
-            if int(self.crcs[seq]) == crc:
-                return False
-            self.restart()
+            return False
         at = self.start + self.header_size
         self._bytes[at + a:at + b] = np.frombuffer(payload, dtype=np.uint8)
         self.have[seq] = True
-        self.crcs[seq] = crc
         return True
 
     @property
@@ -402,9 +410,10 @@ class Reassembly:
         return out
 
     def verify(self) -> None:
-        """Check the whole-body sha256 (every chunk's crc32 was checked on arrival). A body with
-        holes (holes policy) cannot match the digest; its chunks were still checked one by one."""
-        if not self.complete:
+        """Check the whole-body sha256 when the push sent one (every chunk's crc32 was checked
+        against the header's list on arrival). A body with holes (holes policy) cannot match the
+        digest; its chunks were still checked one by one."""
+        if not self.complete or not self.sha:
             return
         view = self.payload()
         try:
@@ -646,5 +655,5 @@ def receive_model(stream, counter: ByteCounter | None = None, link: Link | None 
 
 
 __all__ = ["GRPC_FRAME", "MAX_CHUNK_SIZE", "ByteCounter", "Link", "Reassembly", "BODY_ALIGN", "PUSH_SIZE_KEY", "push_size_metadata", "declared_push_size", "BufferBudget", "WireError",
-           "crc32", "sha256", "wire_size", "split", "update_messages", "chunk_bytes", "Chunk", "parse_chunk", "model_messages", "receive_model",
+           "crc32", "sha256", "wire_size", "split", "update_messages", "chunk_bytes", "chunk_crcs", "Chunk", "parse_chunk", "model_messages", "receive_model",
            "channel_options", "server_options", "message_limit"]
