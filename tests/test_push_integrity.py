@@ -129,10 +129,16 @@ def _train_round(conn) -> int:
 
 
 def _raw_push(conn, rnd, header, body, seqs):
-    msgs = update_messages(pb2, rnd=rnd, client_id=0, header=header, body=memoryview(body),
-                           ranges=split(len(body), CHUNK), seqs=seqs, link=Link(None, 0), attempt=0,
-                           counter=ByteCounter())
-    return conn._push(msgs, timeout=30, metadata=conn.security.metadata(0))
+    """Push chunks `seqs` of `body` under `header`, each chunk with its own true crc32 (as an
+    attacker would send them, whatever the header announces)."""
+    msgs = []
+    for raw in update_messages(pb2, rnd=rnd, client_id=0, header=header, body=memoryview(body),
+                               ranges=split(len(body), CHUNK), seqs=seqs, link=Link(None, 0), attempt=0,
+                               counter=ByteCounter()):
+        m = pb2.UpdateChunk.FromString(raw)
+        m.crc32 = crc32(m.payload) if m.payload else m.crc32
+        msgs.append(m.SerializeToString())
+    return conn._push(iter(msgs), timeout=30, metadata=conn.security.metadata(0))
 
 
 @pytest.mark.parametrize("claim", ["own crc list", "honest crc list"])
