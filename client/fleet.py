@@ -1,10 +1,12 @@
 """Many virtual clients in one process, each with its own id, data partition and error-feedback state,
 sharing one gRPC channel and one model download per version.
 
-The loop per virtual client: GetTask -> (TRAIN) fetch the global model -> `runtime.execute` ->
-push (resending chunks the server reports missing) -> GetTask ... until the server says FINISHED.
-A background thread heartbeats every virtual client; when the server forgets a client (it was
-restarted) the client joins again, and a round the server redoes after a crash is retrained from
+The loop per virtual client: task poll -> (TRAIN) fetch the global model -> `runtime.execute` ->
+push (resending chunks the server reports missing) -> task poll ... until the server says FINISHED.
+The control plane is batched per process: one GetTasks call polls every idle virtual client and
+one HeartbeatMany call (from a background thread) keeps them all alive, so the server's cost of
+an idle client is a dict update, not an RPC. When the server forgets a client (it was restarted)
+the client joins again, and a round the server redoes after a crash is retrained from
 the error-feedback state the client had before that round, so it is counted exactly once.
 """
 from __future__ import annotations
@@ -31,6 +33,12 @@ from .grpc_client import Backoff, Connection, ServerUnavailable
 from .runtime import ClientState, execute
 
 log = logging.getLogger("thinwire.client")
+BATCH = 4096                    # virtual clients per HeartbeatMany / GetTasks call
+
+
+def batches(ids: list[int], size: int = BATCH):
+    for i in range(0, len(ids), size):
+        yield ids[i:i + size]
 
 
 @dataclass
@@ -42,6 +50,7 @@ class FleetOptions:
     max_wait: float = 60.0          # total seconds to keep retrying an unreachable server
     torch_threads: int = 1
     progress: bool = True
+    body_digest: bool = False       # pushes also carry the body's sha256
 
 
 @dataclass
@@ -108,7 +117,8 @@ def push_outcome(e: grpc.RpcError) -> str:
 class Fleet:
     def __init__(self, opts: FleetOptions, security) -> None:
         self.opts = opts
-        self.conn = Connection(opts.server, security, backoff=Backoff(max_wait=opts.max_wait))
+        self.conn = Connection(opts.server, security, backoff=Backoff(max_wait=opts.max_wait),
+                               body_digest=opts.body_digest)
         self.clients: dict[int, VirtualClient] = {}
         self.cfg: RunConfig | None = None
         self.net: NetworkModel | None = None
@@ -175,18 +185,20 @@ class Fleet:
     # -- heartbeats -----------------------------------------------------------------------------
     def _heartbeats(self) -> None:
         while not self.finished.is_set():
-            for cid, vc in list(self.clients.items()):
+            clients = list(self.clients.items())
+            for batch in batches(clients):
                 if self.finished.is_set():
                     return
                 try:
-                    r = self.conn.heartbeat(cid, vc.last_round if vc.busy else -1)
-                    if r.finished:
-                        self.server_finished = True
-                        self.finished.set()
-                    elif not r.known:
-                        vc.joined = False
+                    r = self.conn.heartbeat_many([(cid, vc.last_round if vc.busy else -1) for cid, vc in batch])
                 except grpc.RpcError:
-                    pass                        # the task loop handles reconnection
+                    continue                    # the task loop handles reconnection
+                if r.finished:
+                    self.server_finished = True
+                    self.finished.set()
+                for cid in r.unknown:
+                    if cid in self.clients:
+                        self.clients[cid].joined = False
             self.finished.wait(self.heartbeat_interval)
 
     # -- one round of one virtual client --------------------------------------------------------
@@ -272,26 +284,25 @@ class Fleet:
             while not self.finished.is_set():
                 wait = 0.5
                 for cid, vc in self.clients.items():
-                    if vc.busy or self.finished.is_set():
-                        continue
-                    try:
-                        if not vc.joined:
-                            self._join(cid)
-                        reply = self.conn.get_task(cid)
-                    except grpc.RpcError as e:
-                        if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                            vc.joined = False  # the server restarted and forgot us: join again
-                            continue
-                        raise
-                    if reply.action == pb2.TaskReply.FINISHED:
+                    if not vc.joined and not vc.busy:
+                        self._join(cid)        # the server restarted and forgot us: join again
+                idle = [cid for cid, vc in self.clients.items() if not vc.busy]
+                for batch in batches(idle):
+                    if self.finished.is_set():
+                        break
+                    reply = self.conn.get_tasks(batch)
+                    if reply.finished:
                         self.server_finished = True
                         self.finished.set()
                         break
-                    if reply.action == pb2.TaskReply.TRAIN:
-                        vc.busy = True
-                        pool.submit(self._job, vc, reply)
-                    else:
-                        wait = min(wait, max(0.05, reply.retry_after_s))
+                    for cid in reply.unknown:
+                        self.clients[cid].joined = False
+                    for task in reply.tasks:
+                        vc = self.clients.get(task.client_id)
+                        if vc is not None and not vc.busy:
+                            vc.busy = True
+                            pool.submit(self._job, vc, task)
+                    wait = min(wait, max(0.05, reply.retry_after_s))
                 self.finished.wait(wait)
         finally:
             self.finished.set()

@@ -122,6 +122,22 @@ class Connection:
     def get_task(self, client_id: int):
         return self.call("GetTask", pb2.TaskRequest(client_id=client_id), client_id)
 
+    def _many(self, clients: list[tuple[int, int]]) -> pb2.ManyRequest:
+        """A batched request for (client id, round) pairs; the call's token proves the first id,
+        per-client tokens travel with the others (a shared token covers them all)."""
+        per = self.security.per_client
+        return pb2.ManyRequest(clients=[pb2.ClientRef(client_id=c, round=r, token=per.get(c, "") if per else "")
+                                        for c, r in clients])
+
+    def heartbeat_many(self, clients: list[tuple[int, int]]):
+        """One heartbeat for many virtual clients: (client id, round or -1) pairs."""
+        return self.stub.HeartbeatMany(self._many(clients), timeout=10,
+                                       metadata=self.security.metadata(clients[0][0]))
+
+    def get_tasks(self, client_ids: list[int]):
+        """One task poll for many virtual clients; the reply lists TRAIN tasks only."""
+        return self.call("GetTasks", self._many([(c, -1) for c in client_ids]), client_ids[0])
+
     def get_model(self, client_id: int, version: int = -1, codec: str = "", link: Link | None = None) -> tuple[int, bytearray]:
         req = pb2.ModelRequest(client_id=client_id, model_version=version, codec=codec)
         stream = self._model(req, timeout=self.rpc_timeout * 10, metadata=self.security.metadata(client_id))

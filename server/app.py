@@ -219,6 +219,42 @@ class ParameterServer:
             info.last_seen = time.monotonic()
             return True
 
+    def touch_many(self, ids: list[int]) -> list[int]:
+        """Heartbeat of many clients at once (one lock, one clock read); returns the unknown ids."""
+        now = time.monotonic()
+        unknown = []
+        with self.lock:
+            clients = self.clients
+            for cid in ids:
+                info = clients.get(cid)
+                if info is None or info.left:
+                    unknown.append(cid)
+                else:
+                    info.last_seen = now
+        return unknown
+
+    def tasks_for_many(self, ids: list[int]) -> tuple[list[int], list[tuple[int, tuple]], bool]:
+        """A task poll of many clients (also their heartbeat): (unknown ids, [(id, (RoundState,
+        Task, seconds left))] for the ids that have a task now, finished)."""
+        unknown = self.touch_many(ids)
+        with self.lock:
+            if self.finished:
+                return unknown, [], True
+            rs = self.round_state
+            if rs is None or not rs.open:
+                return unknown, [], False
+            left = 0.0
+            if self.cfg.deadline > 0:
+                left = max(0.0, self.deadline_s - (time.monotonic() - rs.started))
+            skip = set(unknown)
+            tasks = [(cid, (rs, rs.tasks[cid], left)) for cid in ids
+                     if cid in rs.tasks and cid not in skip and (rs.round, cid) not in self.answered]
+        return unknown, tasks, False
+
+    def is_alive(self, cid: int, now: float) -> bool:
+        info = self.clients.get(cid)
+        return info is not None and not info.left and now - info.last_seen <= self.opts.heartbeat_timeout
+
     def leave(self, cid: int) -> None:
         with self.cv:
             info = self.clients.get(cid)
@@ -311,10 +347,10 @@ class ParameterServer:
         in progress and no answer yet: it no longer holds the round open."""
         if rs is None:
             return None
-        alive = set(self.alive())
-        with self.lock:
+        now = time.monotonic()
+        with self.lock:                       # only the selected clients: cost flat in idle clients
             for c in rs.selected:
-                if (c not in alive and (rs.round, c) not in self.busy and (rs.round, c) not in self.answered
+                if (not self.is_alive(c, now) and (rs.round, c) not in self.busy and (rs.round, c) not in self.answered
                         and c not in rs.lost_reported):
                     rs.lost_reported.add(c)
                     return c

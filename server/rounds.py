@@ -24,6 +24,7 @@ import torch
 
 from thinwire import checkpoint
 from thinwire.config import RunConfig, to_dict
+from thinwire.crash import crash_point
 from thinwire.errors import ConfigError
 from thinwire.metrics import MetricsWriter
 from thinwire.paths import make_dir
@@ -222,6 +223,7 @@ class RoundEngine:
             tensors = decode_result(ev.payload, task, self.transport.segments, ev.holes)
             self.strategy.accept(Result(client_id=ev.client_id, round=ev.round, job=ev.job, task=task,
                                         tensors=tensors, scalars=dict(ev.scalars), time=ev.time))
+            crash_point("after_fold", ev.round)
         except ValueError as e:
             ev.answer("refused", str(e))
             if getattr(self.transport, "refusal_is_final", True) and current:

@@ -15,7 +15,8 @@ import grpc
 
 from thinwire.protos import thinwire_pb2 as pb2
 from thinwire.protos import thinwire_pb2_grpc as pb2_grpc
-from thinwire.security import Authenticator, ServerSecurity, check_identity
+from thinwire.crash import crash_point
+from thinwire.security import ANY, Authenticator, ServerSecurity, bearer, check_identity
 from thinwire.transport import (GRPC_FRAME, MAX_CHUNK_SIZE, WireError, declared_push_size, model_messages, parse_chunk,
                                 server_options)
 
@@ -23,6 +24,7 @@ from .app import ParameterServer
 from .malloc_policy import tune_malloc
 
 log = logging.getLogger("thinwire.server")
+MAX_BATCH = 100_000            # client ids in one HeartbeatMany / GetTasks call
 
 
 def _abort(context, err: WireError) -> None:
@@ -70,12 +72,48 @@ class Servicer(pb2_grpc.ParameterServerServicer):
         if action == "finished":
             return pb2.TaskReply(action=pb2.TaskReply.FINISHED, reason="run finished")
         if action == "wait":
-            return pb2.TaskReply(action=pb2.TaskReply.WAIT, retry_after_s=min(0.5, self.ps.opts.heartbeat_interval),
+            return pb2.TaskReply(action=pb2.TaskReply.WAIT, retry_after_s=self._retry_after(),
                                  reason=info, round=self.ps.current_round)
-        rs, task, left = info
+        return self._train_reply(cid, *info)
+
+    def _retry_after(self) -> float:
+        return min(0.5, self.ps.opts.heartbeat_interval)
+
+    def _train_reply(self, cid: int, rs, task, left: float):
         return pb2.TaskReply(action=pb2.TaskReply.TRAIN, round=rs.round, model_version=self.ps.rounds_done,
                              codec=task.codec, seed=task.seed, task_json=json.dumps(task.to_dict()),
-                             model_numel=self.ps.numel, deadline_s=left)
+                             model_numel=self.ps.numel, deadline_s=left, client_id=cid)
+
+    def _many(self, context, refs) -> list[int]:
+        """The client ids of a batched call, each checked as its own call would be: in range, and
+        with per-client tokens proven by the call's token or by the id's own token in the request."""
+        if len(refs) > MAX_BATCH:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"clients: {len(refs)} ids; allowed: 1..{MAX_BATCH}")
+        if not refs:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "clients: empty; allowed: 1..{MAX_BATCH} ids")
+        n = self.ps.cfg.clients
+        caller = self.auth.identify(bearer(context.invocation_metadata())) if self.auth.enabled else ANY
+        ids = []
+        for ref in refs:
+            cid = ref.client_id
+            if not 0 <= cid < n:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"client id {cid} out of range 0..{n - 1}")
+            if caller != ANY and cid != caller and not self.auth.allows(ref.token, cid):
+                context.abort(grpc.StatusCode.PERMISSION_DENIED if caller is not None else grpc.StatusCode.UNAUTHENTICATED,
+                              f"no valid token for client {cid} in the request")
+            ids.append(cid)
+        return ids
+
+    def HeartbeatMany(self, request, context):
+        ids = self._many(context, request.clients)
+        unknown = self.ps.touch_many(ids)
+        return pb2.HeartbeatManyReply(round=self.ps.current_round, finished=self.ps.finished, unknown=unknown)
+
+    def GetTasks(self, request, context):
+        ids = self._many(context, request.clients)
+        unknown, tasks, finished = self.ps.tasks_for_many(ids)
+        return pb2.TasksReply(finished=finished, retry_after_s=self._retry_after(), round=self.ps.current_round,
+                              tasks=[self._train_reply(cid, *info) for cid, info in tasks], unknown=unknown)
 
     def GetModel(self, request, context):
         self._who(context, request.client_id)
@@ -116,6 +154,7 @@ class Servicer(pb2_grpc.ParameterServerServicer):
             if len(first.payload):               # the first message may carry a chunk too
                 received += 1
                 ra.add(first.seq, first.offset, first.payload, first.crc32)
+                crash_point("mid_push", first.round)
             for msg, n in request_iterator:
                 wire += n
                 if isinstance(msg, ValueError):
@@ -129,6 +168,7 @@ class Servicer(pb2_grpc.ParameterServerServicer):
                     raise WireError("INVALID_ARGUMENT", "only the first message of a push may carry a header")
                 received += 1
                 ra.add(msg.seq, msg.offset, msg.payload, msg.crc32)
+                crash_point("mid_push", first.round)
             # A retransmission resends the chunks this server reported missing, lost again or not:
             # counted as the client and the simulator count them (what arrived, if nothing was asked).
             retrans = (asked or received) if header.attempt else 0
@@ -207,6 +247,8 @@ def add_to_server(servicer: Servicer, server: grpc.Server) -> None:
         "Leave": unary("Leave", servicer.Leave, pb2.LeaveRequest),
         "Heartbeat": unary("Heartbeat", servicer.Heartbeat, pb2.HeartbeatRequest),
         "GetTask": unary("GetTask", servicer.GetTask, pb2.TaskRequest),
+        "HeartbeatMany": unary("HeartbeatMany", servicer.HeartbeatMany, pb2.ManyRequest),
+        "GetTasks": unary("GetTasks", servicer.GetTasks, pb2.ManyRequest),
         "Status": unary("Status", servicer.Status, pb2.StatusRequest),
         "PushUpdate": grpc.stream_unary_rpc_method_handler(servicer.PushUpdate, request_deserializer=push_in,
                                                            response_serializer=lambda m: m.SerializeToString()),

@@ -35,39 +35,51 @@ def _serve(tmp_path, name):
 
 
 def _honest(port, gate=None) -> None:
-    """Three clients stepping toward their own targets, pushing in a fixed order each round (a
-    float32 sum depends on the order); retried when a fuzz push holds the same (round, client)."""
-    conn = Connection(f"127.0.0.1:{port}", ClientSecurity(None), backoff=Backoff(max_wait=20))
-    targets = [torch.randn(NUMEL, generator=torch.Generator().manual_seed(100 + c)) for c in range(CLIENTS)]
-    try:
-        for c in range(CLIENTS):
+    """Three clients stepping toward their own targets, each in its own thread, pushing in parallel
+    (the exact sum does not depend on the arrival order); a push is retried when a fuzz push holds
+    the same (round, client). `gate(round)` paces them against the fuzz."""
+    errors: list[BaseException] = []
+
+    def client(c: int) -> None:
+        conn = Connection(f"127.0.0.1:{port}", ClientSecurity(None), backoff=Backoff(max_wait=20))
+        target = torch.randn(NUMEL, generator=torch.Generator().manual_seed(100 + c))
+        try:
             conn.join(c)
-        for step in range(ROUNDS * CLIENTS):
-            c = step % CLIENTS
-            if gate is not None:
-                gate(step)
-            t_end = time.monotonic() + 30
-            while True:
-                r = conn.get_task(c)
-                if r.action == pb2.TaskReply.TRAIN:
-                    break
-                assert r.action != pb2.TaskReply.FINISHED and time.monotonic() < t_end, r.reason
-                time.sleep(0.01)
-            ver, blob = conn.get_model(c, int(r.model_version))
-            glob = compression.get("identity").decode(compression.Encoded.from_bytes(blob))
-            enc = compression.get("identity").encode((targets[c] - glob) * (0.1 * (c + 1)))
-            while True:
-                try:
-                    reply = conn.push(client_id=c, rnd=int(r.round), model_version=ver, payload=enc.to_bytes(),
-                                      header_size=enc.header_size, num_samples=10 * (c + 1), train_loss=0.0,
-                                      link=Link(None, c), chunk_size=CHUNK)
-                    assert reply.result == pb2.PushReply.ACCEPTED, reply.message
-                    break
-                except grpc.RpcError as e:          # a fuzz push of the same (round, client) was in progress
-                    assert e.code() in (grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE), e
-                    time.sleep(0.005)
-    finally:
-        conn.close()
+            for rnd in range(ROUNDS):
+                if gate is not None:
+                    gate(rnd)
+                t_end = time.monotonic() + 60
+                while True:
+                    r = conn.get_task(c)
+                    if r.action == pb2.TaskReply.TRAIN and r.round == rnd:
+                        break
+                    assert r.action != pb2.TaskReply.FINISHED and time.monotonic() < t_end, r.reason
+                    time.sleep(0.01)
+                ver, blob = conn.get_model(c, int(r.model_version))
+                glob = compression.get("identity").decode(compression.Encoded.from_bytes(blob))
+                enc = compression.get("identity").encode((target - glob) * (0.1 * (c + 1)))
+                while True:
+                    try:
+                        reply = conn.push(client_id=c, rnd=rnd, model_version=ver, payload=enc.to_bytes(),
+                                          header_size=enc.header_size, num_samples=10 * (c + 1), train_loss=0.0,
+                                          link=Link(None, c), chunk_size=CHUNK)
+                        assert reply.result == pb2.PushReply.ACCEPTED, reply.message
+                        break
+                    except grpc.RpcError as e:      # a fuzz push of the same (round, client) was in progress
+                        assert e.code() in (grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE), e
+                        time.sleep(0.005)
+        except BaseException as e:                   # reported by the caller
+            errors.append(e)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert not errors, errors
+    assert not any(t.is_alive() for t in threads)
 
 
 def test_fuzz_beside_an_honest_run(tmp_path, caplog):
@@ -84,9 +96,9 @@ def test_fuzz_beside_an_honest_run(tmp_path, caplog):
     done = [0]
     cv = threading.Condition()
 
-    def gate(step):                                  # spread the fuzz over every round of the honest run
+    def gate(rnd):                                   # spread the fuzz over every round of the honest run
         with cv:
-            cv.wait_for(lambda: done[0] >= step * CASES // (ROUNDS * CLIENTS + 1), timeout=60)
+            cv.wait_for(lambda: done[0] >= (rnd + 1) * CASES // (ROUNDS + 1), timeout=120)
 
     errors: list[BaseException] = []
 
@@ -118,6 +130,8 @@ def test_fuzz_beside_an_honest_run(tmp_path, caplog):
         kinds = {k for k, _ in outcomes}
         assert kinds == set(PUSH_KINDS) | set(UNARY_KINDS), set(PUSH_KINDS) | set(UNARY_KINDS) - kinds
         assert torch.equal(h.ps.global_vec, reference)
+        nested = {out for (k, out) in outcomes if k == "nested_json"}
+        assert nested == {"INVALID_ARGUMENT"}, nested          # was UNKNOWN (RecursionError)
         st = fz.status()
         assert st.finished and st.reassembly_bytes == 0 and st.reassembly_buffers == 0
         assert h.ps.budget.used == 0

@@ -18,13 +18,15 @@ from thinwire.protos import thinwire_pb2 as pb2
 from thinwire.transport import PUSH_SIZE_KEY, ByteCounter, Link, chunk_crcs, crc32, sha256, split, update_messages
 
 UNARY = {"Join": pb2.JoinRequest, "Leave": pb2.LeaveRequest, "Heartbeat": pb2.HeartbeatRequest,
-         "GetTask": pb2.TaskRequest, "Status": pb2.StatusRequest}
+         "GetTask": pb2.TaskRequest, "Status": pb2.StatusRequest, "HeartbeatMany": pb2.ManyRequest,
+         "GetTasks": pb2.ManyRequest}
 PUSH_KINDS = ["garbage_first", "empty", "crc", "declared_garbage", "declared_huge", "lying_body_size",
               "lying_num_chunks", "dup_reorder_bad_sha", "truncated", "cancelled", "unknown_codec", "bad_params",
               "numel", "nan", "inf", "closed_round", "future_round", "huge_round", "model_version", "huge_header",
               "nested_json", "foreign_chunk", "seq_range", "offset_lie", "no_crc_list", "short_crc_list",
               "bad_digest", "crc_list_lie", "second_header"]
-UNARY_KINDS = ["random_bytes", "bad_id", "model_version", "model_codec", "model_params", "model_random"]
+UNARY_KINDS = ["random_bytes", "bad_id", "batch_bad_id", "batch_empty", "model_version", "model_codec", "model_params",
+               "model_random"]
 
 
 def encoded(vec: torch.Tensor, codec: str = "identity", params: dict | None = None, numel: int | None = None,
@@ -78,6 +80,13 @@ class Fuzzer:
             return "OK"
         if kind == "model_random":
             list(self.model(b"\x00" + rng.bytes(int(rng.integers(0, 64))), timeout=10))
+            return "OK"
+        if kind in ("batch_bad_id", "batch_empty"):
+            name = ["HeartbeatMany", "GetTasks"][int(rng.integers(2))]
+            ids = [int(rng.integers(self.clients)), bad_ids[int(rng.integers(len(bad_ids)))]] if kind == "batch_bad_id" else []
+            rng.shuffle(ids)
+            self.raw[name](pb2.ManyRequest(clients=[pb2.ClientRef(client_id=c) for c in ids]).SerializeToString(),
+                           timeout=10)
             return "OK"
         if kind == "bad_id":
             cid = bad_ids[int(rng.integers(len(bad_ids)))]

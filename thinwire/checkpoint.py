@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from thinwire.crash import crash_point
+
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -25,6 +27,7 @@ def save(run_dir: str | Path, state: dict[str, Any]) -> Path:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        crash_point("mid_checkpoint", int(state.get("round", -1)))
         os.replace(tmp, final)
         dfd = os.open(run_dir, os.O_RDONLY)
         try:

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -141,16 +142,30 @@ class Authenticator:
     def enabled(self) -> bool:
         return bool(self.shared) or bool(self.per_client)
 
+    def __post_init__(self) -> None:
+        # Per-client secrets by their sha256: one lookup per call whatever the number of clients
+        # (a dict probe on a digest reveals nothing usable about a secret).
+        self._by_digest = {hashlib.sha256(s.encode()).digest(): cid for cid, s in self.per_client.items()}
+
     def identify(self, token: str | None) -> int | None:
         """ANY, a client id, or None when the token is wrong or missing."""
         if not token:
             return None
         if self.shared and hmac.compare_digest(token.encode(), self.shared.encode()):
             return ANY
-        for cid, secret in self.per_client.items():
-            if hmac.compare_digest(token.encode(), secret.encode()):
-                return cid
+        cid = self._by_digest.get(hashlib.sha256(token.encode()).digest())
+        if cid is not None and hmac.compare_digest(token.encode(), self.per_client[cid].encode()):
+            return cid
         return None
+
+    def allows(self, token: str | None, client_id: int) -> bool:
+        """Whether `token` (shared, or client_id's own) may act for client_id."""
+        if not token:
+            return False
+        if self.shared and hmac.compare_digest(token.encode(), self.shared.encode()):
+            return True
+        secret = self.per_client.get(client_id)
+        return secret is not None and hmac.compare_digest(token.encode(), secret.encode())
 
 
 def bearer(metadata) -> str | None:

@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds per case, after one warm-up round")
     parser.add_argument("--repeat", type=int, default=1,
                         help="alternate thinwire and raw runs this many times per case, keep the best of each")
+    parser.add_argument("--body-digest", action="store_true",
+                        help="pushes also carry the body's sha256, verified by the server (default: crc32 list only)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--serve", choices=("thinwire", "raw"), help=argparse.SUPPRESS)
     parser.add_argument("--numel", type=int, default=0, help=argparse.SUPPRESS)
@@ -214,7 +216,8 @@ def _thinwire_phase(args, n, numel, streams, ncon, chunk, enc, payload, tmp) -> 
         sampler = RssSampler(proc.pid)
         target = f"127.0.0.1:{port}"
         conns = [Connection(target, ClientSecurity(None), chunk_size=chunk, backoff=Backoff(max_wait=60),
-                            rpc_timeout=600, extra_options=[("grpc.use_local_subchannel_pool", 1)])
+                            rpc_timeout=600, extra_options=[("grpc.use_local_subchannel_pool", 1)],
+                            body_digest=args.body_digest)
                  for _ in range(ncon)]
         for cid in range(n):
             conns[cid % ncon].join(cid)
