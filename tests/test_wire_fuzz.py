@@ -131,7 +131,8 @@ def test_fuzz_beside_an_honest_run(tmp_path, caplog):
         assert kinds == set(PUSH_KINDS) | set(UNARY_KINDS), set(PUSH_KINDS) | set(UNARY_KINDS) - kinds
         assert torch.equal(h.ps.global_vec, reference)
         nested = {out for (k, out) in outcomes if k == "nested_json"}
-        assert nested == {"INVALID_ARGUMENT"}, nested          # was UNKNOWN (RecursionError)
+        # was UNKNOWN (RecursionError); FAILED_PRECONDITION when the round refused it before its header was read
+        assert "INVALID_ARGUMENT" in nested and nested <= {"INVALID_ARGUMENT", "FAILED_PRECONDITION"}, nested
         st = fz.status()
         assert st.finished and st.reassembly_bytes == 0 and st.reassembly_buffers == 0
         assert h.ps.budget.used == 0
