@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 import grpc
 import pytest
@@ -123,6 +124,54 @@ def test_tokens_missing_wrong_and_impersonation(tmp_path):
         both = client_security(_ns(insecure=True, tokens_file=str(tokens)))
         c = _conn(h.port, both)
         assert c.join(0)[0].run_name == "sec" and c.join(1)[0].run_name == "sec"
+        c.close()
+    finally:
+        h.stop()
+
+
+def test_batched_control_plane_checks_every_id(tmp_path):
+    """HeartbeatMany / GetTasks act for many ids in one call: with per-client secrets the call's
+    token proves one id and every other id must carry its own secret; a shared token covers all."""
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("0 secret-of-zero\n1 secret-of-one\n2 secret-of-two\n")
+    h = _serve(tmp_path, server_security(_ns(insecure=True, tokens_file=str(tokens))))
+    try:
+        one = client_security(_ns(insecure=True, token="secret-of-one"))
+        c = _conn(h.port, one)
+        c.join(1)
+        assert list(c.heartbeat_many([(1, -1)]).unknown) == []
+        md = one.metadata(1)
+
+        def many(method, refs):
+            return getattr(c.stub, method)(pb2.ManyRequest(clients=refs), timeout=3, metadata=md)
+        for method in ("HeartbeatMany", "GetTasks"):
+            for token in ("", "secret-of-two", "wrong"):             # client 0 needs its own secret
+                refs = [pb2.ClientRef(client_id=1), pb2.ClientRef(client_id=0, token=token)]
+                assert _code(lambda: many(method, refs)) == grpc.StatusCode.PERMISSION_DENIED, (method, token)
+            refs = [pb2.ClientRef(client_id=1), pb2.ClientRef(client_id=0, token="secret-of-zero")]
+            assert list(many(method, refs).unknown) == [0]           # allowed; 0 has not joined yet
+            refs = [pb2.ClientRef(client_id=1), pb2.ClientRef(client_id=3)]
+            assert _code(lambda: many(method, refs)) == grpc.StatusCode.INVALID_ARGUMENT
+        c.close()
+        both = client_security(_ns(insecure=True, tokens_file=str(tokens)))   # a fleet with every secret
+        c = _conn(h.port, both)
+        for cid in range(3):
+            c.join(cid)
+        assert list(c.heartbeat_many([(0, -1), (1, -1), (2, -1)]).unknown) == []
+        t_end = time.monotonic() + 20
+        while not (reply := c.get_tasks([0, 1, 2])).tasks:         # round 0 opens once all three are alive
+            assert time.monotonic() < t_end
+            time.sleep(0.05)
+        assert sorted(t.client_id for t in reply.tasks) == [0, 1, 2]
+        assert all(t.action == pb2.TaskReply.TRAIN and t.round == 0 for t in reply.tasks)
+        c.close()
+    finally:
+        h.stop()
+    shared = server_security(_ns(insecure=True, token="shared-secret"))
+    h = _serve(tmp_path / "shared", shared)
+    try:
+        c = _conn(h.port, client_security(_ns(insecure=True, token="shared-secret")))
+        assert list(c.heartbeat_many([(0, -1), (2, -1)]).unknown) == [0, 2]
         c.close()
     finally:
         h.stop()

@@ -14,6 +14,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "wire": ("thinwire.bench.wire", "gRPC ingest throughput, latency and server RSS vs a raw stream"),
     "allreduce": ("thinwire.bench.allreduce", "sgd / ef / def / defa over gloo all-reduce"),
     "exactsum": ("thinwire.bench.exact_sum", "fold cost of one update: float32 add vs the exact int64 sum"),
+    "soak": ("thinwire.bench.soak", "long served run: server RSS slope per round, CPU per round, p99 push latency"),
 }
 
 
