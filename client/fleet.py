@@ -307,8 +307,9 @@ class Fleet:
         finally:
             self.finished.set()
             pool.shutdown(wait=True, cancel_futures=True)
-            for cid in self.clients:
-                self.conn.leave(cid)
+            if not self.server_finished:      # a finished run forgets its clients anyway
+                for cid in self.clients:
+                    self.conn.leave(cid)
             self.conn.close()
         self.result.finished = self.server_finished
         self.result.bytes_up = self.conn.up.snapshot()
