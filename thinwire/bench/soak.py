@@ -9,6 +9,9 @@ close the bench samples the server's RSS and CPU time from outside. Reported: th
 round (least-squares line over the rounds after `--warmup`), server CPU seconds per round (mean
 over the rounds after `--warmup`) and per wall second, p50/p99 push latency over every push of
 every client process, and the client summaries. The full size (1,000 x 200) is the default.
+
+`--control-cost` measures instead the server CPU of one control-plane call: N per-client
+Heartbeat RPCs (the protocol before batching) against HeartbeatMany + GetTasks calls of 1,000 ids.
 """
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--processes", type=int, default=10, help="client processes (default: 10)")
     parser.add_argument("--warmup", type=int, default=10, help="rounds left out of the RSS fit (default: 10)")
     parser.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval in s (default: 1)")
+    parser.add_argument("--control-cost", action="store_true",
+                        help="measure server CPU per heartbeat: one RPC per client vs one call for 1,000 ids")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--serve", choices=("server", "fleet"), help=argparse.SUPPRESS)
     parser.add_argument("--server", help=argparse.SUPPRESS)
@@ -176,12 +181,62 @@ def soak(args) -> dict[str, Any]:
     }
 
 
+def control_cost(calls: int = 3000, batches: int = 60, ids: int = 1000) -> dict[str, float]:
+    """Server CPU per per-client Heartbeat RPC and per id of a batched call, on an idle server
+    (fewer clients joined than a round needs, so no round opens)."""
+    import psutil
+
+    from thinwire.client.grpc_client import Backoff, Connection
+    from thinwire.collective import free_port
+    from thinwire.security import ClientSecurity
+
+    tmp = Path(tempfile.mkdtemp(prefix="tw-control-"))
+    port = free_port()
+    srv = subprocess.Popen([sys.executable, "-m", "thinwire.cli", "server", "--insecure", "--port", str(port),
+                            "--out-dir", str(tmp), "--no-progress", "--clients", str(ids), "--per-round", "10",
+                            "--rounds", "1", "--dataset", "synthetic", "--model", "logreg", "--join-wait", "600",
+                            "--heartbeat-timeout", "600"], stdout=open(tmp / "server.log", "w"),
+                           stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    conn = Connection(f"127.0.0.1:{port}", ClientSecurity(None), backoff=Backoff(max_wait=120))
+    try:
+        for cid in range(9):
+            conn.join(cid)
+        sp = psutil.Process(srv.pid)
+
+        def cpu() -> float:
+            t = sp.cpu_times()
+            return t.user + t.system
+        for _ in range(200):                   # warm
+            conn.heartbeat(0)
+        c0 = cpu()
+        for i in range(calls):
+            conn.heartbeat(i % 9)
+        per_rpc = (cpu() - c0) / calls
+        everyone = list(range(ids))
+        c0 = cpu()
+        for _ in range(batches):
+            conn.heartbeat_many([(c, -1) for c in everyone])
+            conn.get_tasks(everyone)
+        per_id = (cpu() - c0) / (2 * batches * ids)
+    finally:
+        conn.close()
+        srv.kill()
+    return {"heartbeat_rpc_us": per_rpc * 1e6, "batched_us_per_id": per_id * 1e6}
+
+
 def run(args) -> int:
     if args.serve == "server":
         _serve_server(args)
         return 0
     if args.serve == "fleet":
         _serve_fleet(args)
+        return 0
+    if args.control_cost:
+        c = control_cost()
+        print(f"server CPU per Heartbeat RPC: {c['heartbeat_rpc_us']:.0f} us; per client id in a HeartbeatMany / "
+              f"GetTasks call of 1,000 ids: {c['batched_us_per_id']:.2f} us")
+        if args.json:
+            Path(args.json).write_text(json.dumps(c, indent=1))
         return 0
     from thinwire.config import check_int
     check_int("clients", args.clients, 1)
