@@ -90,7 +90,7 @@ class Servicer(pb2_grpc.ParameterServerServicer):
         if len(refs) > MAX_BATCH:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"clients: {len(refs)} ids; allowed: 1..{MAX_BATCH}")
         if not refs:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "clients: empty; allowed: 1..{MAX_BATCH} ids")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"clients: empty; allowed: 1..{MAX_BATCH} ids")
         n = self.ps.cfg.clients
         caller = self.auth.identify(bearer(context.invocation_metadata())) if self.auth.enabled else ANY
         ids = []
