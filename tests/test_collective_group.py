@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from thinwire.collective import AllreduceConfig, WorkerGroup, batch_indices, init_state, simulate_step, step_blocks
+from thinwire.collective import AllreduceConfig, WorkerGroup, batch_indices, init_state, simulate_step
+from thinwire.reducer import Reducer
 from thinwire.data import load_dataset
 from thinwire.models import build_model
 
@@ -111,7 +112,7 @@ def test_group_matches_simulation_and_iterate_averaging_identity(group, tmp_path
         mbar = torch.stack([s["m"] for s in cur]).mean(0)
         assert torch.allclose(xhat_next, xhat - 0.05 * mbar, atol=1e-5, rtol=0), t
         simulate_step(sim, _grad_fn(model, ds, t, 1, 16), lr=0.05, momentum=0.9, weight_decay=0.0,
-                      blocks=step_blocks(segs, 8.0, 1, t))
+                      reducer=Reducer("randblock:ratio=8.0", seed=1), step=t, segments=segs)
         for r in range(K):
             assert torch.allclose(cur[r]["x"], sim[r].x, atol=1e-5, rtol=0), (t, r)
             assert torch.allclose(cur[r]["e"], sim[r].error, atol=1e-5, rtol=0), (t, r)
