@@ -246,3 +246,10 @@ def test_installed_cli_exits_2_on_a_bad_ratio():
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert lines == ["thinwire allreduce: error: ratio: 0.0 is out of range; allowed: [1.0, inf]"], r.stderr
+
+
+@pytest.mark.parametrize("field,value,needle", [("codec", "zip", "codec"), ("feedback", "sometimes", "feedback")])
+def test_bad_codec_or_feedback_is_a_config_error(field, value, needle):
+    with pytest.raises(ConfigError) as ei:
+        config.load(AllreduceConfig, overrides={field: value})
+    assert str(ei.value).startswith(needle) and "\n" not in str(ei.value)

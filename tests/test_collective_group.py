@@ -163,3 +163,16 @@ def test_cli_end_to_end_writes_metrics_and_plots(tmp_path):
     assert len(rows) == 3 and rows[-1]["straggler_sleep"] > 0
     assert (tmp_path / "cli" / "accuracy_vs_bytes.png").exists()
     assert json.loads((tmp_path / "cli" / "summary.json").read_text())["steps"] == rows[-1]["step"]
+
+
+def test_eden_codec_runs_through_the_same_engine_with_all_gather(group, tmp_path):
+    """`thinwire allreduce --codec eden:bits=2 --feedback ef`: the Reducer's all-gather path, exact bytes."""
+    from thinwire.compression.bitpack import packed_size
+    from thinwire.compression.eden import chunk_sizes
+    from thinwire.compression.hadamard import next_pow2
+    cfg = _cfg(tmp_path, codec="eden:bits=2", feedback="ef", epochs=3, hidden=[64], name="eden")
+    s = group.run(cfg)
+    assert s["method"] == "ef" and s["collective"] == "all_gather"
+    chunks = chunk_sizes(s["params"])
+    assert s["bytes_per_step"] == packed_size(sum(next_pow2(n) for n in chunks), 2) + 4 * len(chunks)
+    assert s["final_accuracy"] > 0.6, s["final_accuracy"]  # chance is 0.1

@@ -160,6 +160,6 @@ def test_eden_hook_is_unbiased_across_steps(tmp_path):
     # and it is really compressed noise, not an exact copy (the error is of the predicted size)
     assert err > expected / 10, (err, expected)
     # bytes: 2-bit codes of the padded chunks plus one float32 scale per chunk, all-gathered once
-    # (3000 = 2048 + 952 -> padded 2048 + 1024), after the 8-byte length
+    # (3000 = 2048 + 952 -> padded 2048 + 1024); the length is known to all, so nothing else travels
     chunks = chunk_sizes(d)
-    assert res[0]["bytes"] == packed_size(sum(next_pow2(n) for n in chunks), bits) + 4 * len(chunks) + 8
+    assert res[0]["bytes"] == packed_size(sum(next_pow2(n) for n in chunks), bits) + 4 * len(chunks)

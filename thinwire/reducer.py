@@ -64,6 +64,7 @@ class Plan:
 
     collective = "all_gather"
     shared = False  # randomness identical on all ranks (else per rank)
+    fixed_size = False  # every rank's buffer has the same, known length (no length exchange)
 
     def __init__(self, codec: Codec) -> None:
         self.codec = codec
@@ -107,6 +108,7 @@ class EdenPlan(Plan):
     """Shared rotation: fixed-size payloads, mean in the rotated domain, one inverse rotation."""
 
     shared = True
+    fixed_size = True
 
     def pack(self, p, ctx, need_local):
         enc = self.codec.encode(p, ctx)
@@ -175,9 +177,14 @@ class DistComm:
         dist.all_reduce(t, group=self.group)
         return t
 
-    def all_gather(self, t: torch.Tensor) -> tuple[list[torch.Tensor], int]:
-        """Gather tensors of possibly different lengths; returns them and the bytes this rank put in."""
+    def all_gather(self, t: torch.Tensor, same_size: bool = False) -> tuple[list[torch.Tensor], int]:
+        """Gather tensors of possibly different lengths (lengths first unless `same_size`);
+        returns them and the bytes this rank put in."""
         import torch.distributed as dist
+        if same_size:
+            outs = [torch.empty_like(t) for _ in range(self.world)]
+            dist.all_gather(outs, t.contiguous(), group=self.group)
+            return outs, t.numel() * t.element_size()
         n = torch.tensor([t.numel()], dtype=torch.int64, device=t.device)
         ns = [torch.zeros_like(n) for _ in range(self.world)]
         dist.all_gather(ns, n, group=self.group)
@@ -234,7 +241,7 @@ class Reducer:
             nbytes = buf.numel() * buf.element_size()
             result = comm.all_reduce(buf)
         else:
-            result, nbytes = comm.all_gather(buf)
+            result, nbytes = comm.all_gather(buf, same_size=self.plan.fixed_size)
         mean = self.plan.combine(result, template, world, p.numel(), ctxs, p.device)
         return Reduced(mean, local, nbytes, wire_bytes(self.plan.collective, nbytes, world))
 
@@ -252,7 +259,7 @@ def simulate_mean(reducer: Reducer, ps: Sequence[torch.Tensor], *, step: int, bu
     else:
         result = bufs
         longest = max(b.numel() * b.element_size() for b in bufs)
-        nbytes = longest + 8
+        nbytes = longest + (0 if reducer.plan.fixed_size else 8)
     out = []
     for r, (_, local, template) in enumerate(packed):
         res = result.clone() if isinstance(result, torch.Tensor) else result
