@@ -13,6 +13,8 @@ BENCHES: dict[str, tuple[str, str]] = {
     "compression": ("thinwire.bench.compression", "NMSE, bits/coord, throughput and time-to-send per codec"),
     "wire": ("thinwire.bench.wire", "gRPC ingest throughput, latency and server RSS vs a raw stream"),
     "allreduce": ("thinwire.bench.allreduce", "sgd / ef / def / defa over gloo all-reduce"),
+    "ddp": ("thinwire.bench.ddp", "DDP comm hooks: plain, fp16, PowerSGD vs thinwire EDEN / randblock+DEF"),
+    "gpu": ("thinwire.bench.gpu", "EDEN encode+decode on CUDA, DDP + hook over NCCL, memory bandwidth"),
 }
 
 
