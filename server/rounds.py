@@ -23,7 +23,7 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 
 from thinwire import checkpoint
-from thinwire.config import RunConfig, to_dict
+from thinwire.config import RunConfig, to_dict, write_resolved_config
 from thinwire.errors import ConfigError
 from thinwire.metrics import MetricsWriter
 from thinwire.paths import make_dir
@@ -34,7 +34,6 @@ from .strategy import Result, RoundView, Strategy
 
 log = logging.getLogger("thinwire.rounds")
 ACCEPTED_LOG = "accepted.jsonl"
-CONFIG_FILE = "config.toml"
 # Settings a resumed run may change: how long it runs and how it is watched, not what it computes.
 RESUMABLE_CHANGES = frozenset({"rounds", "progress", "workers", "ray_address", "eval_every", "tensorboard"})
 
@@ -128,7 +127,7 @@ class RoundEngine:
             self.resumed_from = self.rounds_done
         self.writer = MetricsWriter(self.run_dir, resume_after=self.rounds_done - 1 if ckpt is not None else None)
         (self.run_dir / ACCEPTED_LOG).write_text("".join(json.dumps(h) + "\n" for h in self.history))
-        write_config(self.run_dir, cfg)
+        write_resolved_config(self.run_dir, cfg)
         self.t0 = time.perf_counter()
 
     @property
@@ -291,15 +290,6 @@ class RoundEngine:
 
 
 # -- run files ------------------------------------------------------------------------------------
-def write_config(run_dir: Path, cfg: Any) -> Path:
-    """The resolved config, as TOML any `--config` reads back (tomli-w: strings, lists, inf)."""
-    import tomli_w
-
-    path = Path(run_dir) / CONFIG_FILE
-    path.write_text(tomli_w.dumps({k: v for k, v in to_dict(cfg).items() if v is not None}))
-    return path
-
-
 def check_resume_config(stored: dict[str, Any] | None, current: dict[str, Any]) -> None:
     """Refuse to resume a run directory under different settings; names the fields that differ."""
     if stored is None:

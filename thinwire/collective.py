@@ -39,7 +39,7 @@ from thinwire.compression.base import Context
 from thinwire.compression.feedback import Memory, make_memory
 from thinwire.compression.randblock import Block, block_slices
 
-from .config import _f, check_choice, check_float, check_int, check_model
+from .config import _f, check_choice, check_float, check_int, check_model, write_resolved_config
 from .errors import ConfigError
 from .peers import BACKENDS, Peer, PeerGroup, free_port, resolve_backend  # noqa: F401  (re-exported)
 from .reducer import Reduced, Reducer, parse_codec, simulate_mean
@@ -507,7 +507,7 @@ class WorkerGroup(PeerGroup):
         every = cfg.eval_every or spe
         run_dir = cfg.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        write_resolved_config(run_dir, cfg)
         method = cfg.kind
         eval_point = "x - mean_k e_k" if method == "defa" else "x"
         history: list[dict[str, Any]] = []

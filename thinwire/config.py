@@ -359,5 +359,18 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-__all__ = ["RunConfig", "load", "build", "read_file", "add_arguments", "from_args", "to_dict", "check_int",
+CONFIG_FILE = "config.toml"
+
+
+def write_resolved_config(run_dir: str | os.PathLike, cfg: Any) -> Path:
+    """RUN_DIR/config.toml: the run's resolved settings, as TOML that `--config` reads back (every
+    command writes it the same way; tomli-w handles strings with quotes, lists and inf)."""
+    import tomli_w
+
+    path = Path(run_dir) / CONFIG_FILE
+    path.write_text(tomli_w.dumps({k: v for k, v in to_dict(cfg).items() if v is not None}))
+    return path
+
+
+__all__ = ["RunConfig", "write_resolved_config", "load", "build", "read_file", "add_arguments", "from_args", "to_dict", "check_int",
            "check_float", "check_prob", "check_choice", "check_file", "check_codec", "check_model", "ConfigError"]
