@@ -8,6 +8,7 @@ the last job decodes. Delays at the scheme's load are load-0 delays + load x sec
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -30,9 +31,10 @@ class RuntimeResult:
 
 
 def simulate(scheme: Scheme, load0: np.ndarray, mu: float = 1.0, sec_per_load: float = SGC_SECONDS_PER_LOAD,
-             stop_after: float = np.inf) -> RuntimeResult | None:
+             stop_after: float = np.inf, on_decode=None) -> RuntimeResult | None:
     """Run `scheme` over `load0` (worker x round, >= n_jobs + T rounds). None if the runtime
-    passes `stop_after` (used by the search to drop losing parameters early)."""
+    passes `stop_after` (used by the search to drop losing parameters early). `on_decode(t, scheme)`
+    is called for each job as it decodes (before its bookkeeping is released)."""
     d_all = delay_profile(load0, scheme.load, sec_per_load)
     J = scheme.n_jobs
     if d_all.shape[1] < J + scheme.T or d_all.shape[0] < scheme.n:
@@ -55,6 +57,8 @@ def simulate(scheme: Scheme, load0: np.ndarray, mu: float = 1.0, sec_per_load: f
         durations.append(dur)
         for t in scheme.record(plan, received, stragglers=strag):
             done[t] = clock
+            if on_decode is not None:
+                on_decode(t, scheme)
             scheme.release(t)
         if clock > stop_after:
             return None

@@ -13,6 +13,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "compression": ("thinwire.bench.compression", "NMSE, bits/coord, throughput and time-to-send per codec"),
     "wire": ("thinwire.bench.wire", "gRPC ingest throughput, latency and server RSS vs a raw stream"),
     "allreduce": ("thinwire.bench.allreduce", "sgd / ef / def / defa over gloo all-reduce"),
+    "sgc": ("thinwire.bench.sgc", "uncoded / GC / SR-SGC / M-SGC runtime under bursty stragglers"),
 }
 
 
