@@ -65,6 +65,7 @@ class Lost:
 class Transport(Protocol):
     clock: str                 # "virtual" or "wall"
     segments: tuple[int, ...] | None
+    refusal_is_final: bool     # a refused client will not deliver again this round
 
     def candidates(self, rnd: int) -> list[int] | None: ...          # None: stop the run
     def open_round(self, rnd: int, vec: torch.Tensor, tasks: dict[int, Task]) -> None: ...
@@ -223,7 +224,7 @@ class RoundEngine:
                                         tensors=tensors, scalars=dict(ev.scalars), time=ev.time))
         except ValueError as e:
             ev.answer("refused", str(e))
-            if getattr(self.transport, "refusal_is_final", True) and current:
+            if self.transport.refusal_is_final and current:
                 view.lost.add(ev.client_id)
             return "refused"
         finally:
