@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/thinwire simulate --config configs/demo.toml
+	$(VENV)/bin/thinwire simulate --config configs/demo.toml --force
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -24,7 +24,7 @@ else:  # pragma: no cover
 
 T = TypeVar("T")
 
-DATASETS = ("digits", "synthetic", "mnist", "fashion-mnist", "cifar10", "npz")
+DATASETS = ("digits", "synthetic", "mnist", "fashion-mnist", "cifar10", "npz", "custom")  # custom: Python data=
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 MODELS_HELP = "mlp, lenet, logreg or module:function"
 PROFILES = ("uniform", "lognormal", "mobile", "datacenter", "trace")
@@ -108,13 +108,15 @@ def check_model(name: str, model: str) -> None:
 @dataclass
 class RunConfig:
     # run
-    name: str = _f("run", "run name; outputs go to OUT_DIR/NAME")
+    name: str = _f("", "run name; outputs go to OUT_DIR/NAME, which must be new unless --resume/--force "
+                   "(empty = a new OUT_DIR/COMMAND-DATE-TIME); OUT_DIR/latest links to the newest run")
     out_dir: str = _f("runs", "directory holding run directories")
     seed: int = _f(0, "seed for everything (data split, init, faults, codecs)")
     rounds: int = _f(50, "number of federated rounds")
     eval_every: int = _f(1, "evaluate the global model every N rounds")
     # data
-    dataset: str = _f("digits", "data set", choices=DATASETS)
+    dataset: str = _f("digits", "data set (custom = your own, given from Python: thinwire.simulate(data=...))",
+                      choices=DATASETS)
     data_path: str = _f("", "file or directory for mnist/fashion-mnist/cifar10/npz")
     clients: int = _f(100, "number of (virtual) clients")
     partition: str = _f("iid", "how data is split over clients", choices=PARTITIONS)
@@ -167,6 +169,8 @@ class RunConfig:
     progress: bool = _f(True, "show a progress bar")
 
     def validate(self) -> "RunConfig":
+        from .rundir import check_run_name
+        check_run_name(self.name)
         check_int("seed", self.seed, 0)
         check_int("rounds", self.rounds, 1)
         check_int("eval_every", self.eval_every, 1)
@@ -229,7 +233,7 @@ class RunConfig:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
+        return Path(self.out_dir) / (self.name or "run")  # entry points resolve the name: thinwire.rundir
 
     @property
     def selected_per_round(self) -> int:
