@@ -96,6 +96,11 @@ def check_codec(name: str, spec: str) -> None:
         raise ConfigError(name, str(e)) from None
 
 
+def _codec_names() -> tuple[str, ...]:
+    from thinwire import compression
+    return tuple(compression.available())
+
+
 def check_model(name: str, model: str) -> None:
     if model in ("mlp", "lenet", "logreg"):
         return
@@ -140,7 +145,8 @@ class RunConfig:
     server_lr: float = _f(1.0, "server learning rate applied to the aggregated update")
     server_momentum: float = _f(0.9, "server momentum (FedAvgM; 0 = plain FedAvg). 0.9 keeps tiny non-IID clients moving")
     # compression
-    codec: str = _f("identity", "update codec, e.g. identity, fp16, eden:bits=2, randblock:ratio=64")
+    codec: str = _f("identity", "update codec NAME[:key=value,...], e.g. eden:bits=2, randblock:ratio=64",
+                    choices=lambda: _codec_names())
     feedback: str = _f("none", "error feedback memory on clients", choices=FEEDBACK)
     feedback_coeff: float = _f(0.3, "DEF detach coefficient c")
     # round driver
@@ -167,6 +173,8 @@ class RunConfig:
     workers: int = _f(0, "Ray worker actors for simulation (0 = one per CPU core)")
     ray_address: str = _f("", "attach to an existing Ray cluster (auto or HOST:PORT); empty = local")
     progress: bool = _f(True, "show a progress bar")
+    tensorboard: bool = _f(False, "also write TensorBoard event files to RUN_DIR/tensorboard "
+                           "(pip install 'thinwire[tensorboard]')")
 
     def validate(self) -> "RunConfig":
         from .rundir import check_run_name
@@ -229,6 +237,10 @@ class RunConfig:
         if self.stragglers == "trace":
             check_file("straggler_trace", self.straggler_trace)
         check_int("workers", self.workers, 0)
+        if self.tensorboard:
+            from .metrics import TENSORBOARD_MISSING, tensorboard_available
+            if not tensorboard_available():
+                raise ConfigError("tensorboard", TENSORBOARD_MISSING)
         return self
 
     @property
@@ -328,6 +340,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[
             continue
         flag = "--" + f.name.replace("_", "-")
         help_ = f.metadata.get("help", "")
+        choices = f.metadata.get("choices")
+        if choices is not None:  # --help lists the allowed values (checked later, with one-line errors)
+            help_ += "; one of: " + ", ".join(choices() if callable(choices) else choices)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         if isinstance(default, bool):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,

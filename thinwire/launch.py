@@ -59,6 +59,8 @@ class ServerActor:
 
         torch.set_num_threads(1)
         logging.basicConfig(level=logging.WARNING)
+        from thinwire.logs import setup_from_env
+        setup_from_env()  # the driver's -v / -vv
         self.ip = ray.util.get_node_ip_address()
         self.node_id = ray.get_runtime_context().get_node_id()
         cfg = build(RunConfig, cfg_dict)
