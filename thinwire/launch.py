@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     config.add_arguments(parser, RunConfig, skip=("workers",))
     add_serve_arguments(parser)
+    parser.set_defaults(port=0)  # the fleet learns the server's address from the driver: no fixed port needed
     g = parser.add_argument_group("ray")
     g.add_argument("--client-actors", type=int, default=2, help="client fleet actors (default: 2)")
     g.add_argument("--client-cpus", type=float, default=1.0, help="CPUs reserved per client actor (default: 1)")
