@@ -24,14 +24,13 @@ else:  # pragma: no cover
 
 T = TypeVar("T")
 
-DATASETS = ("digits", "synthetic", "mnist", "fashion-mnist", "cifar10", "npz")
+DATASETS = ("digits", "synthetic", "mnist", "fashion-mnist", "cifar10", "npz", "custom")  # custom: Python data=
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 MODELS_HELP = "mlp, lenet, logreg or module:function"
 PROFILES = ("uniform", "lognormal", "mobile", "datacenter", "trace")
 STRAGGLER_MODELS = ("none", "iid", "gilbert", "trace")
 LOSS_MODELS = ("none", "iid", "gilbert")
 LOSS_POLICIES = ("retransmit", "holes")
-STRATEGIES = ("fedavgm", "fedavg")           # built in; more register themselves (see strategies())
 FEEDBACK = ("none", "ef", "def", "defa")
 
 
@@ -108,6 +107,11 @@ def check_strategy(name: str, spec: str) -> None:
         raise ConfigError(name, f"unknown strategy {spec!r}", ", ".join(strategies()) + " or package.module:Class")
 
 
+def _codec_names() -> tuple[str, ...]:
+    from thinwire import compression
+    return tuple(compression.available())
+
+
 def check_model(name: str, model: str) -> None:
     if model in ("mlp", "lenet", "logreg"):
         return
@@ -120,13 +124,15 @@ def check_model(name: str, model: str) -> None:
 @dataclass
 class RunConfig:
     # run
-    name: str = _f("run", "run name; outputs go to OUT_DIR/NAME")
+    name: str = _f("", "run name; outputs go to OUT_DIR/NAME, which must be new unless --resume/--force "
+                   "(empty = a new OUT_DIR/COMMAND-DATE-TIME); OUT_DIR/latest links to the newest run")
     out_dir: str = _f("runs", "directory holding run directories")
     seed: int = _f(0, "seed for everything (data split, init, faults, codecs)")
     rounds: int = _f(50, "number of federated rounds")
     eval_every: int = _f(1, "evaluate the global model every N rounds")
     # data
-    dataset: str = _f("digits", "data set", choices=DATASETS)
+    dataset: str = _f("digits", "data set (custom = your own, given from Python: thinwire.simulate(data=...))",
+                      choices=DATASETS)
     data_path: str = _f("", "file or directory for mnist/fashion-mnist/cifar10/npz")
     clients: int = _f(100, "number of (virtual) clients")
     partition: str = _f("iid", "how data is split over clients", choices=PARTITIONS)
@@ -147,12 +153,14 @@ class RunConfig:
     weight_decay: float = _f(0.0, "client weight decay")
     # server
     strategy: str = _f("fedavgm", "server strategy: fedavgm (FedAvg with server momentum, the default), fedavg "
-                       "(plain FedAvg), gradient coding and NTK-FL strategies, or package.module:Class", choices=STRATEGIES)
+                       "(plain FedAvg), gradient coding and NTK-FL strategies, or package.module:Class",
+                       choices=lambda: tuple(strategies()))
     server_lr: float = _f(1.0, "server learning rate applied to the aggregated update")
     server_momentum: float = _f(0.9, "server momentum of fedavgm (ignored by plain fedavg); 0.9 keeps tiny "
                                 "non-IID clients moving")
     # compression
-    codec: str = _f("identity", "update codec, e.g. identity, fp16, eden:bits=2, randblock:ratio=64")
+    codec: str = _f("identity", "update codec NAME[:key=value,...], e.g. eden:bits=2, randblock:ratio=64",
+                    choices=lambda: _codec_names())
     feedback: str = _f("none", "error feedback memory on clients", choices=FEEDBACK)
     feedback_coeff: float = _f(0.3, "DEF detach coefficient c")
     # round driver
@@ -179,11 +187,15 @@ class RunConfig:
     workers: int = _f(0, "Ray worker actors for simulation (0 = one per CPU core)")
     ray_address: str = _f("", "attach to an existing Ray cluster (auto or HOST:PORT); empty = local")
     progress: bool = _f(True, "show a progress bar")
+    tensorboard: bool = _f(False, "also write TensorBoard event files to RUN_DIR/tensorboard "
+                           "(pip install 'thinwire[tensorboard]')")
 
     def validate(self) -> "RunConfig":
         from thinwire.plugins import absolute
         # File plug-ins by absolute path: Ray workers and client processes run elsewhere.
         self.strategy, self.codec = absolute(self.strategy), absolute(self.codec)
+        from .rundir import check_run_name
+        check_run_name(self.name)
         check_int("seed", self.seed, 0)
         check_int("rounds", self.rounds, 1)
         check_int("eval_every", self.eval_every, 1)
@@ -242,11 +254,15 @@ class RunConfig:
         if self.stragglers == "trace":
             check_file("straggler_trace", self.straggler_trace)
         check_int("workers", self.workers, 0)
+        if self.tensorboard:
+            from .metrics import TENSORBOARD_MISSING, tensorboard_available
+            if not tensorboard_available():
+                raise ConfigError("tensorboard", TENSORBOARD_MISSING)
         return self
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
+        return Path(self.out_dir) / (self.name or "run")  # entry points resolve the name: thinwire.rundir
 
     @property
     def selected_per_round(self) -> int:
@@ -341,6 +357,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[
             continue
         flag = "--" + f.name.replace("_", "-")
         help_ = f.metadata.get("help", "")
+        choices = f.metadata.get("choices")
+        if choices is not None:  # --help lists the allowed values (checked later, with one-line errors)
+            help_ += "; one of: " + ", ".join(choices() if callable(choices) else choices)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         if isinstance(default, bool):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
