@@ -1,7 +1,7 @@
 """Many virtual clients in one process, each with its own id, data partition and error-feedback state,
 sharing one gRPC channel and one model download per version.
 
-The loop per virtual client: GetTask -> (TRAIN) fetch the global model -> `run_client_round` ->
+The loop per virtual client: GetTask -> (TRAIN) fetch the global model -> `runtime.execute` ->
 push (resending chunks the server reports missing) -> GetTask ... until the server says FINISHED.
 A background thread heartbeats every virtual client; when the server forgets a client (it was
 restarted) the client joins again, and a round the server redoes after a crash is retrained from
@@ -23,11 +23,12 @@ from thinwire import compression
 from thinwire.config import RunConfig, build
 from thinwire.faults import NetworkModel
 from thinwire.protos import thinwire_pb2 as pb2
-from thinwire.task import TaskSpec
+from thinwire.plugins import load_run_plugins
+from thinwire.task import Task
 from thinwire.transport import Link
 
 from .grpc_client import Backoff, Connection, ServerUnavailable
-from .update import ClientState, run_client_round
+from .runtime import ClientState, execute
 
 log = logging.getLogger("thinwire.client")
 
@@ -93,6 +94,7 @@ class Fleet:
             self.heartbeat_interval = float(reply.heartbeat_interval_s)
             self.time_scale = float(reply.time_scale) or 1.0
             self.net = NetworkModel.from_config(self.cfg) if reply.emulate_network else None
+            load_run_plugins(self.cfg)       # the run's user strategy / codec / task kinds, here too
         vc = self.clients.get(cid)
         if vc is not None:
             vc.joined = True
@@ -127,7 +129,9 @@ class Fleet:
         m = getattr(self._local, "model", None)
         if m is None:
             from thinwire.models import model_from_config
+            from thinwire.training import model_spec
             m = self._local.model = model_from_config(self.cfg, self._data)
+            self._local.spec = model_spec(m)
         return m
 
     # -- heartbeats -----------------------------------------------------------------------------
@@ -156,9 +160,9 @@ class Fleet:
                 ver, blob = self.conn.get_model(cid, version, self.opts.download_codec)
                 enc = compression.Encoded.from_bytes(blob)
                 codec = compression.get(enc.codec, **enc.params)
-                from thinwire.training import model_spec
-                ctx = compression.Context(seed=self.cfg.seed, round=ver, client_id=0, shared=True,
-                                          segments=model_spec(self._model()).segments)
+                self._model()
+                segments = self._local.spec.segments if enc.numel == self._local.spec.numel else None
+                ctx = compression.Context(seed=self.cfg.seed, round=ver, client_id=0, shared=True, segments=segments)
                 vec = codec.decode(enc, ctx).float()
                 self._model_cache = (ver, vec)
         if self.net is not None:              # this device's own download time under the model
@@ -167,7 +171,7 @@ class Fleet:
         return vec
 
     def _work(self, vc: VirtualClient, reply) -> str:
-        task = TaskSpec.from_dict(json.loads(reply.task_json))
+        task = Task.from_dict(json.loads(reply.task_json))
         rnd = int(reply.round)
         if rnd == vc.last_round:
             state = vc.before                  # the server redoes this round: start from the same state
@@ -175,15 +179,18 @@ class Fleet:
             state = vc.state
         global_vec = self._global(vc.cid, int(reply.model_version), rnd)
         t0 = time.perf_counter()
-        res = run_client_round(self._model(), global_vec, vc.x, vc.y, task, state)
+        model = self._model()
+        res = execute(task, model=model, spec=self._local.spec, global_vec=global_vec, data=self._data,
+                      x=vc.x, y=vc.y, state=state)
         if self.net is not None:               # emulate this device's compute speed / straggling
-            modeled = self.net.compute_time(vc.cid, rnd, res.num_samples * task.local_epochs) * self.time_scale
+            modeled = self.net.compute_time(vc.cid, rnd, res.work) * self.time_scale
             time.sleep(max(0.0, modeled - (time.perf_counter() - t0)))
         link = Link(self.net, vc.cid, "up", self.time_scale)
         try:
             push = self.conn.push(client_id=vc.cid, rnd=rnd, model_version=int(reply.model_version),
                                   payload=res.payload, header_size=res.header_size, num_samples=res.num_samples,
-                                  train_loss=res.train_loss, link=link, chunk_size=self.chunk_size)
+                                  train_loss=float(res.scalars.get("train_loss", 0.0)), link=link,
+                                  chunk_size=self.chunk_size, metrics=res.scalars, job=res.job)
             outcome = "accepted" if push.result == pb2.PushReply.ACCEPTED else "late"
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.ALREADY_EXISTS:

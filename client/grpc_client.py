@@ -128,7 +128,7 @@ class Connection:
 
     def push(self, *, client_id: int, rnd: int, model_version: int, payload: bytes, header_size: int,
              num_samples: int, train_loss: float, link: Link, chunk_size: int, metrics: dict | None = None,
-             digest: bool = False) -> pb2.PushReply:
+             digest: bool = False, job: int | None = None) -> pb2.PushReply:
         """Push one Encoded payload; resend what the server reports missing until it is accepted.
 
         Every chunk carries a crc32; `digest` adds a sha256 of the whole body (an end-to-end check
@@ -139,6 +139,8 @@ class Connection:
                                 body_size=len(body), chunk_size=chunk_size, num_chunks=len(ranges),
                                 body_sha256=sha256(body) if digest else b"", num_samples=num_samples, train_loss=train_loss,
                                 metrics=metrics or {})
+        if job is not None:
+            header.job = job
         hdr = json.loads(bytes(payload[8:header_size]))
         header.codec = str(hdr.get("codec", ""))
         header.codec_params_json = json.dumps(hdr.get("params", {}))

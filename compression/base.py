@@ -46,6 +46,13 @@ def dtype_from_name(name: str) -> torch.dtype:
         raise ValueError(f"dtype: unknown dtype {name!r}; allowed: {', '.join(_SUPPORTED_DTYPES)}") from None
 
 
+def derive_seed(*parts: Any) -> int:
+    """The project's one seed derivation: a 63-bit seed from any parts, identical on every host and
+    Python version (blake2b of the parts joined by "/"), so both ends of a wire agree."""
+    h = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
 @dataclass(frozen=True)
 class Context:
     """Shared randomness and identity known to both ends of a transfer.
@@ -64,9 +71,7 @@ class Context:
 
     def derive_seed(self, tag: str) -> int:
         """A 63-bit seed unique to (seed, round, client unless shared, tag); same on every host."""
-        cid = -1 if self.shared else self.client_id
-        h = hashlib.blake2b(f"{self.seed}/{self.round}/{cid}/{tag}".encode(), digest_size=8).digest()
-        return int.from_bytes(h, "little") & ((1 << 63) - 1)
+        return derive_seed(self.seed, self.round, -1 if self.shared else self.client_id, tag)
 
     def generator(self, tag: str, device: torch.device | str = "cpu") -> torch.Generator:
         """A torch.Generator seeded from `derive_seed(tag)`.
@@ -275,11 +280,22 @@ def get(name: str, **params: Any) -> Codec:
 
 
 def from_spec(spec: str | Mapping[str, Any]) -> Codec:
-    """Build a codec from "eden:bits=2,seed=3" or {"name": "eden", "bits": 2}."""
+    """Build a codec from "eden:bits=2,seed=3", {"name": "eden", "bits": 2}, or a user codec class
+    "package.module:Class:k=v" / "path/file.py:Class" (imported and registered under its name)."""
     if isinstance(spec, Mapping):
         params = dict(spec)
         return get(str(params.pop("name")), **params)
-    name, _, rest = spec.partition(":")
+    from thinwire.plugins import is_plugin_name, load_object
+    if is_plugin_name(spec):           # "package.module:Class[:k=v,...]": a user codec class
+        module, _, rest = spec.partition(":")
+        cls_name, _, rest = rest.partition(":")
+        cls = load_object(f"{module}:{cls_name}")
+        if not (isinstance(cls, type) and issubclass(cls, Codec) and cls.name):
+            raise ValueError(f"codec: {module}:{cls_name} is not a named thinwire Codec subclass")
+        register(cls)
+        name = cls.name
+    else:
+        name, _, rest = spec.partition(":")
     params: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")

@@ -20,14 +20,13 @@ the rotated domain and inverse-rotates once.
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 from typing import Sequence
 
 import torch
 
 from . import bitpack
-from .base import Codec, Context, Encoded, new_encoded, register
+from .base import Codec, Context, Encoded, derive_seed, new_encoded, register
 from .eden_tables import HALF_CENTROIDS
 from .hadamard import apply_signs_, fwht_, is_pow2, next_pow2
 
@@ -97,11 +96,6 @@ def chunk_sizes(d: int, max_overhead: float = 0.1, max_chunk: int = DEFAULT_MAX_
     return sizes
 
 
-def _sub_seed(base: int, kind: str, index: int) -> int:
-    h = hashlib.blake2b(f"{base}/{kind}/{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 63) - 1)
-
-
 def _bernoulli(n: int, p: float, seed: int, device: torch.device) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return (torch.rand(n, generator=g) < p).to(device)
@@ -129,9 +123,9 @@ class _Layout:
         self.masks: list[dict[int, torch.Tensor | None]] = []
         for c, D in enumerate(self.padded):
             if bits < 1:
-                self.masks.append({1: _bernoulli(D, bits, _sub_seed(seed, "keep", c), device)})
+                self.masks.append({1: _bernoulli(D, bits, derive_seed(seed, "keep", c), device)})
             elif self.frac > 0:
-                hi = _bernoulli(D, self.frac, _sub_seed(seed, "frac", c), device)
+                hi = _bernoulli(D, self.frac, derive_seed(seed, "frac", c), device)
                 self.masks.append({lo: ~hi, lo + 1: hi})
             else:
                 self.masks.append({lo: None})
@@ -185,7 +179,7 @@ class Eden(Codec):
                 y = torch.zeros(D, dtype=torch.float32, device=dev)
                 y[:n] = x[pos:pos + n]
             pos += n
-            fwht_(apply_signs_(y, _sub_seed(seed, "rot", c)))
+            fwht_(apply_signs_(y, derive_seed(seed, "rot", c)))
             scale, codes = _quantize(y, lay, c, p["unbiased"])
             scales.append(scale)
             for w in lay.widths:
@@ -311,7 +305,7 @@ def rotated_estimate(enc: Encoded, device: torch.device | str = "cpu") -> tuple[
 def _unrotate(rotated: list[torch.Tensor], lay: _Layout, seed: int, numel: int) -> torch.Tensor:
     parts = []
     for c, (n, y) in enumerate(zip(lay.sizes, rotated)):
-        apply_signs_(fwht_(y), _sub_seed(seed, "rot", c))
+        apply_signs_(fwht_(y), derive_seed(seed, "rot", c))
         parts.append(y[:n])
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 

@@ -110,7 +110,7 @@ class TaskReply(_message.Message):
     def __init__(self, action: _Optional[_Union[TaskReply.Action, str]] = ..., retry_after_s: _Optional[float] = ..., reason: _Optional[str] = ..., round: _Optional[int] = ..., model_version: _Optional[int] = ..., codec: _Optional[str] = ..., seed: _Optional[int] = ..., task_json: _Optional[str] = ..., model_numel: _Optional[int] = ..., deadline_s: _Optional[float] = ...) -> None: ...
 
 class PushHeader(_message.Message):
-    __slots__ = ("model_version", "codec", "codec_params_json", "encoded_header", "body_size", "chunk_size", "num_chunks", "body_sha256", "num_samples", "train_loss", "attempt", "metrics")
+    __slots__ = ("model_version", "codec", "codec_params_json", "encoded_header", "body_size", "chunk_size", "num_chunks", "body_sha256", "num_samples", "train_loss", "attempt", "metrics", "job")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +130,7 @@ class PushHeader(_message.Message):
     TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
     model_version: int
     codec: str
     codec_params_json: str
@@ -142,7 +143,8 @@ class PushHeader(_message.Message):
     train_loss: float
     attempt: int
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, model_version: _Optional[int] = ..., codec: _Optional[str] = ..., codec_params_json: _Optional[str] = ..., encoded_header: _Optional[bytes] = ..., body_size: _Optional[int] = ..., chunk_size: _Optional[int] = ..., num_chunks: _Optional[int] = ..., body_sha256: _Optional[bytes] = ..., num_samples: _Optional[int] = ..., train_loss: _Optional[float] = ..., attempt: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    job: int
+    def __init__(self, model_version: _Optional[int] = ..., codec: _Optional[str] = ..., codec_params_json: _Optional[str] = ..., encoded_header: _Optional[bytes] = ..., body_size: _Optional[int] = ..., chunk_size: _Optional[int] = ..., num_chunks: _Optional[int] = ..., body_sha256: _Optional[bytes] = ..., num_samples: _Optional[int] = ..., train_loss: _Optional[float] = ..., attempt: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., job: _Optional[int] = ...) -> None: ...
 
 class UpdateChunk(_message.Message):
     __slots__ = ("round", "client_id", "seq", "num_chunks", "offset", "payload", "crc32", "header")

@@ -1,21 +1,23 @@
-"""The served parameter server: global model, the real-time round loop, pushes, checkpoints.
+"""The served parameter server: the gRPC-facing state of a served run, and the round engine's
+transport on the wall clock.
 
-Rounds follow the same RoundPolicy and Strategy as the simulator, in wall time: select
-ceil(K * overcommit) of the live clients, accept updates as they complete (`admit`), close on the
-first K, the deadline, or when no selected client is left alive (`should_close`). Each update is
-decoded and folded into the strategy's accumulator the moment its last chunk arrives, so memory is
-one accumulator plus the reassembly buffers of pushes in flight (capped by a byte budget).
+The round loop itself is thinwire.server.rounds (the same one `thinwire simulate` runs). This
+module keeps what only a served run has: the live client registry (joins, heartbeats), the task
+each selected client fetches, the model download cache, and pushes: a push is admitted against
+the open round, reassembled chunk by chunk within a byte budget, verified, then handed to the
+engine as an `Arrival`; the pushing gRPC thread waits for the engine's verdict (accepted, late,
+refused) before it answers, and only then recycles the buffer (decoding may be zero-copy).
 
 Exactly-once: the checkpoint written after a round is finalized holds the model, the strategy and
 the accepted (round, client) history. A crash mid-round loses only that round's partial sum; on
 `--resume` the round is redone from the checkpoint and clients re-fetch their task. Within a
-round, the accepted set makes pushes idempotent per (round, client).
+round, pushes are idempotent per (round, client, job).
 """
 from __future__ import annotations
 
 import json
 import logging
-import struct
+import queue
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,29 +26,27 @@ from typing import Any, Callable
 
 import torch
 
-from thinwire import checkpoint, compression
+from thinwire import compression
 from thinwire.config import RunConfig, to_dict
 from thinwire.faults import NetworkModel
-from thinwire.metrics import MetricsWriter
-from thinwire.task import TaskSpec, decode_update
+from thinwire.task import Task, result_header
 from thinwire.transport import BufferBudget, ByteCounter, Reassembly, WireError, sha256
 
-from .driver import RoundPolicy
-from .strategy import make_strategy
+from .rounds import ACCEPTED_LOG, Arrival, Lost, RoundEngine
 
 log = logging.getLogger("thinwire.server")
-ACCEPTED_LOG = "accepted.jsonl"
+VERDICT_WAIT = 0.25          # how often a pushing thread waiting for the engine checks for a stop
 
 
 @dataclass
 class ServeOptions:
     """Settings of the served process that are not part of the federated run itself."""
     host: str = "127.0.0.1"
-    port: int = 50051
+    port: int = 50051                   # 0 = any free port (read it back with --port-file)
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 5.0      # a client silent this long is gone (its round slot freed)
     join_wait: float = 30.0             # wait this long for ceil(K*overcommit) live clients, then take what is there
-    max_update_bytes: int = 0           # 0 = 4 x the fp32 model + 1 MiB
+    max_update_bytes: int = 0           # per push; 0 = 4 x the fp32 model + 1 MiB
     buffer_budget: int = 0              # reassembly bytes across pushes in flight; 0 = max(32 MiB, 2 fp32 pushes)
     push_wait: float = 60.0             # how long a push waits for buffer budget before UNAVAILABLE
     emulate: bool = False               # apply the run's fault model on every client link
@@ -61,14 +61,13 @@ class RoundState:
     round: int
     selected: list[int]
     started: float
-    tasks: dict[int, TaskSpec]
+    tasks: dict[int, Task]
     accepted: list[int] = field(default_factory=list)
-    late: list[int] = field(default_factory=list)
     open: bool = True
     dropped_chunks: int = 0
     retransmitted_chunks: int = 0
-    hole_chunks: int = 0
     rejected: int = 0
+    lost_reported: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -78,26 +77,11 @@ class ClientInfo:
     left: bool = False
 
 
-def parse_encoded_header(raw: bytes) -> dict[str, Any]:
-    """The JSON header of an `Encoded` prefix + header (without the body); raises WireError."""
-    if len(raw) < 8 or raw[:3] != compression.base.MAGIC:
-        raise WireError("INVALID_ARGUMENT", "encoded_header: not a thinwire Encoded header (bad magic)")
-    _, version, hlen = struct.unpack_from("<3sBI", raw)
-    if version != compression.base.FORMAT_VERSION or 8 + hlen != len(raw):
-        raise WireError("INVALID_ARGUMENT", f"encoded_header: version {version} / length {hlen} do not match")
-    try:
-        h = json.loads(raw[8:])
-        sizes = [int(s) for _, s in h["sections"]]
-        int(h["numel"])
-        str(h["codec"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise WireError("INVALID_ARGUMENT", f"encoded_header: malformed JSON header ({e})") from None
-    h["body_size"] = sum(sizes)
-    return h
-
-
 class ParameterServer:
-    """State and round loop of one served run; the gRPC servicer calls into it."""
+    """State of one served run; the gRPC servicer calls into it, the round engine drives it."""
+
+    clock = "wall"
+    refusal_is_final = False             # a refused client may push again (e.g. after a transient error)
 
     def __init__(self, cfg: RunConfig, opts: ServeOptions, *, resume: bool = False,
                  init_vec: torch.Tensor | None = None, evaluator: Callable[[torch.Tensor], tuple[float, float]] | None = None,
@@ -106,13 +90,11 @@ class ParameterServer:
         self.run_dir = Path(cfg.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if init_vec is None:
-            init_vec, evaluator, segments = self._build_model()
-        self.global_vec = init_vec.detach().float().reshape(-1).clone()
-        self.numel = self.global_vec.numel()
+            from thinwire.data import dataset_from_config
+            from thinwire.training import build_run_model
+            init_vec, evaluator, segments = build_run_model(cfg, dataset_from_config(cfg))
         self.segments = segments
-        self.evaluator = evaluator
-        self.policy = RoundPolicy.from_config(cfg)
-        self.strategy = make_strategy(cfg)
+        self.numel = init_vec.numel()
         self.net = NetworkModel.from_config(cfg)
         self.codec = compression.from_spec(cfg.codec)
         self.holes_ok = cfg.loss_policy == "holes" and self.codec.supports_holes
@@ -124,62 +106,74 @@ class ParameterServer:
         self.budget = BufferBudget(opts.buffer_budget or max(32 << 20, 2 * push))
         self.up, self.down = ByteCounter(), ByteCounter()
         self.lock = threading.RLock()
-        self.agg_lock = threading.Lock()             # taken before `lock`, never after it
         self.cv = threading.Condition(self.lock)
         self.clients: dict[int, ClientInfo] = {}
         self.partial: dict[tuple[int, int], Reassembly] = {}
         self.busy: set[tuple[int, int]] = set()
-        self.decode_slots = threading.Semaphore(1)   # one decoded model-size temporary at a time
+        self.answered: dict[tuple[int, int], str] = {}   # (round, client) -> accepted / late
         self.round_state: RoundState | None = None
-        self.history: list[dict[str, Any]] = []      # accepted (round, client) per finished round
-        self.rounds_done = 0
-        self.finished = False
+        self.events: queue.Queue = queue.Queue()
         self.stop_event = threading.Event()
-        self.last_eval: tuple[float, float] = (float("nan"), float("nan"))
+        self.finished = False
         self.rejected = 0
-        self.wall_before = 0.0
         self._blobs: dict[tuple[int, str], tuple[bytes, int, bytes]] = {}
-        ckpt = checkpoint.load(self.run_dir) if resume else None
-        if resume and ckpt is None:
-            log.warning("--resume: no checkpoint in %s; starting from round 0", self.run_dir)
-        if ckpt is not None:
-            self.global_vec = ckpt["global"].float()
-            self.strategy.load_state_dict(ckpt["strategy"])
-            self.history = list(ckpt["history"])
-            self.rounds_done = int(ckpt["round"]) + 1
-            self.wall_before = float(ckpt.get("wall_time", 0.0))
-            log.info("resuming %s after round %d", self.run_dir, ckpt["round"])
-        self.writer = MetricsWriter(self.run_dir, resume_after=self.rounds_done - 1 if ckpt is not None else None)
-        self._rewrite_accepted_log()
-        (self.run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1) + "\n")
-        self.finished = self.rounds_done >= cfg.rounds
-        self.t0 = time.monotonic()
+        self._io0: tuple[dict[str, int], dict[str, int]] | None = None
+        self.engine = RoundEngine(cfg, self, init_vec, evaluator=evaluator, resume=resume,
+                                  checkpoints=opts.checkpoint, should_stop=self.stop_event.is_set)
+        self.rounds_done = self.engine.rounds_done
+        self._broadcast = self.engine.global_vec
+        self.finished = self.engine.finished
+        if resume and self.engine.resumed_from is not None:
+            log.info("resumed %s from round %d", self.run_dir, self.engine.resumed_from)
 
-    # -- model ----------------------------------------------------------------------------------
-    def _build_model(self):
-        from thinwire.data import dataset_from_config
-        from thinwire.models import model_from_config
-        from thinwire.training import evaluate, get_flat, model_spec, set_flat
+    # -- what the engine owns, seen from here -----------------------------------------------------
+    @property
+    def global_vec(self) -> torch.Tensor:
+        return self.engine.global_vec
 
-        torch.manual_seed(self.cfg.seed)                  # same initial model as `thinwire simulate`
-        data = dataset_from_config(self.cfg)
-        model = model_from_config(self.cfg, data)
-        spec = model_spec(model)
-        x_test, y_test = data.test_data()
+    @global_vec.setter
+    def global_vec(self, vec: torch.Tensor) -> None:
+        with self.lock:
+            self.engine.global_vec = vec
+            self._broadcast = vec
+            self._blobs.clear()
 
-        def evaluator(vec: torch.Tensor) -> tuple[float, float]:
-            set_flat(model, vec, spec)
-            return evaluate(model, x_test, y_test)
+    @property
+    def strategy(self):
+        return self.engine.strategy
 
-        return get_flat(model), evaluator, spec.segments
+    @property
+    def policy(self):
+        return self.engine.policy
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.engine.history
+
+    @property
+    def last_eval(self) -> tuple[float, float]:
+        return self.engine.last_eval
 
     @property
     def current_round(self) -> int:
         return self.round_state.round if self.round_state is not None else self.rounds_done
 
+    def run_rounds(self, progress: bool = False) -> None:
+        """Drive rounds until done or stopped (the engine's loop; runs in its own thread)."""
+        try:
+            self.engine.run(progress=progress, desc="serve")
+        finally:
+            with self.cv:
+                self.rounds_done = self.engine.rounds_done
+                self.round_state = None
+                if self.engine.finished:
+                    self.finished = True
+                self.cv.notify_all()
+
+    # -- model ----------------------------------------------------------------------------------
     def model_blob(self, version: int, codec_spec: str) -> tuple[bytes, int, bytes, int]:
-        """(Encoded bytes, header size, body sha256, version) of the global model; cached, so all
-        downloads of one version share one copy."""
+        """(Encoded bytes, header size, body sha256, version) of the round's broadcast model;
+        cached, so all downloads of one version share one copy."""
         with self.lock:
             if version not in (-1, self.rounds_done):
                 raise WireError("FAILED_PRECONDITION",
@@ -189,12 +183,13 @@ class ParameterServer:
             hit = self._blobs.get(key)
             if hit is not None:
                 return (*hit, version)
-            vec = self.global_vec
+            vec = self._broadcast
         try:
             codec = compression.from_spec(codec_spec or "identity")
         except ValueError as e:
             raise WireError("INVALID_ARGUMENT", f"download codec: {e}") from None
-        ctx = compression.Context(seed=self.cfg.seed, round=version, client_id=0, segments=self.segments, shared=True)
+        segments = self.segments if vec.numel() == self.numel else None
+        ctx = compression.Context(seed=self.cfg.seed, round=version, client_id=0, segments=segments, shared=True)
         enc = codec.encode(vec, ctx)
         blob = enc.to_bytes()
         entry = (blob, enc.header_size, sha256(memoryview(blob)[enc.header_size:]))
@@ -239,7 +234,7 @@ class ParameterServer:
                           if not i.left and now - i.last_seen <= self.opts.heartbeat_timeout)
 
     def task_for(self, cid: int) -> tuple[str, Any]:
-        """('train', (RoundState, TaskSpec, seconds left)) / ('wait', reason) / ('finished', None)."""
+        """('train', (RoundState, Task, seconds left)) / ('wait', reason) / ('finished', None)."""
         with self.lock:
             if self.finished:
                 return "finished", None
@@ -248,20 +243,121 @@ class ParameterServer:
                 return "wait", f"no round open (next round {self.current_round})"
             if cid not in rs.tasks:
                 return "wait", f"client {cid} not selected for round {rs.round}"
-            if cid in rs.accepted or cid in rs.late:
+            if (rs.round, cid) in self.answered:
                 return "wait", f"update for round {rs.round} already received"
             left = 0.0
             if self.cfg.deadline > 0:
                 left = max(0.0, self.deadline_s - (time.monotonic() - rs.started))
             return "train", (rs, rs.tasks[cid], left)
 
-    def _elapsed(self, rs: RoundState, now: float | None = None) -> float:
-        """Round time in the policy's units: wall seconds divided by the time scale."""
-        return ((now or time.monotonic()) - rs.started) / max(self.opts.time_scale, 1e-12)
-
     @property
     def deadline_s(self) -> float:
         return self.cfg.deadline * self.opts.time_scale
+
+    # -- the engine's transport -----------------------------------------------------------------
+    def candidates(self, rnd: int) -> list[int] | None:
+        """Live clients to select from, once enough have joined (or `join_wait` passed)."""
+        with self.cv:
+            self.rounds_done = rnd
+            self.round_state = None
+            self._broadcast = self.engine.global_vec
+            self._blobs.clear()
+            for key in [k for k in self.answered if k[0] < rnd - self.engine.strategy.max_delay]:
+                del self.answered[key]
+            self.cv.notify_all()
+        need = self.engine.policy.n_select
+        t_end = time.monotonic() + self.opts.join_wait
+        with self.cv:
+            while not self.stop_event.is_set():
+                alive = self.alive()
+                if len(alive) >= need:
+                    return alive
+                if time.monotonic() >= t_end and len(alive) >= self.engine.policy.min_clients:
+                    log.warning("round %d: only %d of %d wanted clients are alive; selecting them", rnd, len(alive), need)
+                    return alive
+                self.cv.wait(0.1)
+        return None
+
+    def open_round(self, rnd: int, vec: torch.Tensor, tasks: dict[int, Task]) -> None:
+        with self.cv:
+            self._broadcast = vec.detach().float().reshape(-1)
+            self._blobs.clear()
+            self._io0 = (self.up.snapshot(), self.down.snapshot())
+            self.round_state = RoundState(rnd, sorted(tasks), time.monotonic(), tasks)
+            self.cv.notify_all()
+
+    def now(self) -> float:
+        """Round time in the policy's units: wall seconds divided by the time scale."""
+        rs = self.round_state
+        return 0.0 if rs is None else (time.monotonic() - rs.started) / max(self.opts.time_scale, 1e-12)
+
+    def next_event(self, until: float) -> Arrival | Lost | None:
+        """The next arrival or lost client, waiting at most until round time `until`."""
+        rs = self.round_state
+        while not self.stop_event.is_set():
+            lost = self._newly_lost(rs)
+            if lost is not None:
+                return Lost(lost)
+            left = (until - self.now()) * self.opts.time_scale
+            if left <= 0:
+                return None
+            try:
+                return self.events.get(timeout=min(left, 0.05))
+            except queue.Empty:
+                continue
+        return None
+
+    def _newly_lost(self, rs: RoundState | None) -> int | None:
+        """A selected client that is gone (silent past the heartbeat timeout or left) with no push
+        in progress and no answer yet: it no longer holds the round open."""
+        if rs is None:
+            return None
+        alive = set(self.alive())
+        with self.lock:
+            for c in rs.selected:
+                if (c not in alive and (rs.round, c) not in self.busy and (rs.round, c) not in self.answered
+                        and c not in rs.lost_reported):
+                    rs.lost_reported.add(c)
+                    return c
+        return None
+
+    def close_round(self, rnd: int, keep_late: bool) -> dict[str, Any]:
+        """Stop taking this round's results (queued ones are late); the round's I/O figures."""
+        with self.cv:
+            rs = self.round_state
+            if rs is not None:
+                rs.open = False
+            self.cv.notify_all()
+        while True:                           # pushes that raced the close: late
+            try:
+                ev = self.events.get_nowait()
+            except queue.Empty:
+                break
+            ev.answer("late", "the round closed before this update was taken")
+        self.budget.clear_pool()              # idle until the next round; finalize needs the room
+        with self.cv:
+            for key in [k for k in self.partial if k[0] == rnd and k not in self.busy]:
+                self._drop_partial(key)
+        up0, down0 = self._io0 or (self.up.snapshot(), self.down.snapshot())
+        up1, down1 = self.up.snapshot(), self.down.snapshot()
+        rs = rs or RoundState(rnd, [], 0.0, {})
+        return {
+            "bytes_up": up1["wire_bytes"] - up0["wire_bytes"],
+            "bytes_down": down1["wire_bytes"] - down0["wire_bytes"],
+            "payload_up": up1["payload_bytes"] - up0["payload_bytes"],
+            "payload_down": down1["payload_bytes"] - down0["payload_bytes"],
+            "dropped_chunks": rs.dropped_chunks,
+            "retransmitted_chunks": rs.retransmitted_chunks,
+            "rejected_pushes": rs.rejected,
+            "reassembly_bytes": self.budget.used,
+            "stragglers": [c for c in rs.selected if self.net.straggler_factor(c, rnd) > 1.0] if self.opts.emulate else [],
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}                             # served clients keep their own state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
     # -- pushes ---------------------------------------------------------------------------------
     def reserve(self, nbytes: int, chunk_size: int) -> int:
@@ -306,6 +402,16 @@ class ParameterServer:
             self.partial[key] = ra
         return ra
 
+    def _task_of(self, rnd: int, cid: int) -> Task | None:
+        """The task a push for (rnd, cid) answers: this round's, or an earlier round's within the
+        strategy's delay window (delayed jobs)."""
+        rs = self.round_state
+        if rs is not None and rnd == rs.round:
+            return rs.tasks.get(cid)
+        if rs is not None and rs.open and 0 < rs.round - rnd <= self.engine.strategy.max_delay:
+            return self.engine.tasks_by_round.get(rnd, {}).get(cid)
+        return None
+
     def _admit_push(self, rnd: int, cid: int, header) -> tuple[tuple[int, int], Reassembly | None]:
         """The protocol checks of a push header; marks (round, client) busy. Returns the key and the
         partial push it resumes, if any."""
@@ -315,29 +421,34 @@ class ParameterServer:
             rs = self.round_state
             if self.finished:
                 raise WireError("FAILED_PRECONDITION", "the run is finished; no more updates are taken")
-            if rs is None or rnd != rs.round:
+            prev = self.answered.get(key)
+            if prev is not None:
+                raise WireError("ALREADY_EXISTS", f"update of client {cid} for round {rnd} was already received ({prev})")
+            task = self._task_of(rnd, cid)
+            if task is None:
                 cur = self.current_round
+                if rs is not None and rnd == rs.round:
+                    raise WireError("FAILED_PRECONDITION", f"client {cid} was not selected for round {rnd}")
                 what = "is closed" if rnd < cur else "has not started"
                 raise WireError("FAILED_PRECONDITION", f"round {rnd} {what} (current round {cur})")
-            if cid not in rs.tasks:
-                raise WireError("FAILED_PRECONDITION", f"client {cid} was not selected for round {rnd}")
-            if cid in rs.accepted:
-                raise WireError("ALREADY_EXISTS", f"update of client {cid} for round {rnd} was already accepted")
-            if cid in rs.late:
-                raise WireError("ALREADY_EXISTS", f"update of client {cid} for round {rnd} was already received (late)")
             if not rs.open:
                 raise WireError("FAILED_PRECONDITION", f"round {rnd} is closed")
-            if header.model_version != self.rounds_done:
+            if header.model_version != rnd:
                 raise WireError("FAILED_PRECONDITION", f"update was trained on model version {header.model_version}, "
-                                f"round {rnd} uses version {self.rounds_done}")
+                                f"round {rnd} uses version {rnd}")
+            if header.HasField("job") and header.job != task.job_id:
+                raise WireError("INVALID_ARGUMENT", f"job {header.job} does not match the task's job {task.job_id}")
             if key in self.busy:
                 raise WireError("ABORTED", f"another push of client {cid} for round {rnd} is in progress")
-            h = parse_encoded_header(bytes(header.encoded_header))
-            if h["codec"] != self.codec.name:
-                raise WireError("INVALID_ARGUMENT", f"update codec {h['codec']!r} does not match the run's "
-                                f"codec {self.codec.name!r}")
-            if int(h["numel"]) != self.numel:
-                raise WireError("INVALID_ARGUMENT", f"update has {h['numel']} elements, the model has {self.numel}")
+            try:
+                h = result_header(bytes(header.encoded_header))
+                allowed = {self.codec.name, "identity"}
+                bad = [c for _, c, _, _ in h["items"] if c not in allowed]
+                if bad:
+                    raise ValueError(f"update codec {bad[0]!r} does not match the run's codec {self.codec.name!r}")
+                self.engine.strategy.check_header(task, h["items"], self.numel)
+            except ValueError as e:
+                raise WireError("INVALID_ARGUMENT", str(e)) from None
             if h["body_size"] != header.body_size:
                 raise WireError("INVALID_ARGUMENT", f"body_size {header.body_size} does not match the Encoded "
                                 f"sections ({h['body_size']} bytes)")
@@ -368,218 +479,68 @@ class ParameterServer:
                 self.round_state.rejected += 1
 
     def finish_push(self, key: tuple[int, int], ra: Reassembly, header, retransmitted: int) -> tuple[str, list[int], int]:
-        """After a push stream ended: accept, keep waiting for missing chunks, or report late.
-
-        Returns (result, missing, holes) with result in accepted / incomplete / late.
-        """
+        """After a push stream ended: hand a complete result to the engine and wait for its verdict,
+        or keep waiting for missing chunks. Returns (result, missing, holes) with result in
+        accepted / incomplete / late; a refusal raises WireError(INVALID_ARGUMENT)."""
         rnd, cid = key
         try:
             missing = ra.missing()
             with self.lock:
                 rs = self.round_state
-                if rs is not None and rs.round == rnd:
+                if rs is not None:
                     rs.retransmitted_chunks += retransmitted
                     if missing:
                         rs.dropped_chunks += len(missing)
             holes: list[tuple[int, int]] = []
             if missing:
                 if not self.holes_ok:
-                    with self.lock:
-                        self.busy.discard(key)      # keep the buffer for the retransmission
-                    return "incomplete", missing, 0
+                    return "incomplete", missing, 0     # the buffer is kept for the retransmission
                 holes = ra.holes()
             ra.verify()
             with self.lock:
-                rs = self.round_state
-                if rs is None or rs.round != rnd or not rs.open:
-                    late = True
+                self.partial.pop(key, None)
+                task = self._task_of(rnd, cid)
+                still_open = task is not None and self.round_state is not None and self.round_state.open
+            try:
+                if not still_open:
+                    verdict, message = "late", ""
                 else:
-                    late = not self.policy.admit(len(rs.accepted), self._elapsed(rs))
-                task = rs.tasks[cid] if rs is not None and rs.round == rnd else None
-            if late or task is None:
-                self._record_late(rnd, cid)
-                return "late", [], 0
-            with self.decode_slots:
-                with self.lock:
-                    self.partial.pop(key, None)
-                payload = ra.payload()
-                try:
-                    late = self._fold_in(rnd, cid, payload, task, header, holes)
-                finally:
-                    payload.release()
-                    self.budget.release(ra.cost, ra.detach())
-            if late:
-                self._record_late(rnd, cid)
-                return "late", [], 0
-            return "accepted", [], len(holes)
+                    verdict, message = self._hand_over(rnd, cid, task, header, ra, holes)
+            finally:
+                self.budget.release(ra.cost, ra.detach())
+            if verdict == "refused":
+                raise WireError("INVALID_ARGUMENT", message)
+            with self.lock:
+                self.answered[key] = verdict
+                rs = self.round_state
+                if verdict == "accepted" and rs is not None and rnd == rs.round:
+                    rs.accepted.append(cid)
+            return verdict, [], len(holes) if verdict == "accepted" else 0
         finally:
             self._release(key)
 
-    def _fold_in(self, rnd: int, cid: int, payload: memoryview, task: TaskSpec, header, holes) -> bool:
-        """Decode, check and accumulate one complete update; True when it came too late to count.
+    def _hand_over(self, rnd: int, cid: int, task: Task, header, ra: Reassembly, holes) -> tuple[str, str]:
+        """Queue the complete result for the engine and wait for its verdict."""
+        done = threading.Event()
+        verdict: list[str] = []
 
-        The decoded update may be a view of `payload` (fp32 bodies decode in place), so it is
-        dropped here, before the caller recycles the reassembly buffer."""
+        def reply(v: str, message: str) -> None:
+            verdict.extend((v, message))
+            done.set()
+
+        scalars = {k: float(v) for k, v in header.metrics.items()}
+        scalars.setdefault("num_samples", float(header.num_samples))
+        scalars.setdefault("train_loss", float(header.train_loss))
+        payload = ra.payload()
         try:
-            update = decode_update(payload, task, self.segments, holes)
-        except ValueError as e:
-            raise WireError("INVALID_ARGUMENT", f"cannot decode update: {e}") from None
-        if update.numel() != self.numel:
-            raise WireError("INVALID_ARGUMENT", f"update decodes to {update.numel()} elements, the model "
-                            f"has {self.numel}")
-        # agg_lock serialises the strategy; the state lock is held only for bookkeeping so
-        # heartbeats and task requests are not stuck behind a model-size addition.
-        with self.agg_lock:
-            with self.lock:
-                rs = self.round_state
-                late = (rs is None or rs.round != rnd or not rs.open or cid in rs.accepted or
-                        not self.policy.admit(len(rs.accepted), self._elapsed(rs)))
-            if not late:
-                try:     # the strategy refuses what it cannot fold in (NaN, Inf, overflow) before changing its sum
-                    self.strategy.accumulate(cid, update, int(header.num_samples),
-                                             {"train_loss": float(header.train_loss)})
-                except ValueError as e:
-                    raise WireError("INVALID_ARGUMENT", str(e)) from None
-                with self.cv:
-                    rs.accepted.append(cid)
-                    rs.hole_chunks += len(holes)
-                    self.cv.notify_all()
-        return late
-
-    def _record_late(self, rnd: int, cid: int) -> None:
-        self._drop_partial((rnd, cid))
-        with self.lock:
-            rs = self.round_state
-            if rs is not None and rs.round == rnd and cid not in rs.late and cid not in rs.accepted:
-                rs.late.append(cid)
-
-    # -- the round loop -------------------------------------------------------------------------
-    def run_rounds(self, progress: bool = False) -> None:
-        """Drive rounds until done or stopped; runs in its own thread."""
-        bar = None
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=self.cfg.rounds, initial=self.rounds_done, desc=f"serve {self.cfg.name}",
-                       unit="round", dynamic_ncols=True)
-        try:
-            while not self.finished and not self.stop_event.is_set():
-                row = self._one_round()
-                if row is None:
-                    break
-                if bar is not None:
-                    bar.update(1)
-                    acc = row.get("accuracy")
-                    bar.set_postfix(acc=f"{acc:.3f}" if acc is not None else "-", accepted=row["accepted"])
+            self.events.put(Arrival(client_id=cid, round=rnd, job=task.job_id, payload=payload, scalars=scalars,
+                                    time=self.now(), holes=holes, reply=reply))
+            while not done.wait(VERDICT_WAIT):
+                if self.stop_event.is_set():
+                    raise WireError("UNAVAILABLE", "server stopping; push again after it restarts")
         finally:
-            if bar is not None:
-                bar.close()
-            with self.cv:
-                if self.rounds_done >= self.cfg.rounds:
-                    self.finished = True
-                self.cv.notify_all()
-
-    def _wait_for_clients(self) -> list[int] | None:
-        need = self.policy.n_select
-        t_end = time.monotonic() + self.opts.join_wait
-        with self.cv:
-            while not self.stop_event.is_set():
-                alive = self.alive()
-                if len(alive) >= need:
-                    return alive
-                if time.monotonic() >= t_end and len(alive) >= self.policy.min_clients:
-                    log.warning("round %d: only %d of %d wanted clients are alive; selecting them",
-                                self.rounds_done, len(alive), need)
-                    return alive
-                self.cv.wait(0.1)
-        return None
-
-    def _one_round(self) -> dict[str, Any] | None:
-        rnd = self.rounds_done
-        alive = self._wait_for_clients()
-        if alive is None:
-            return None
-        selected = self.policy.select(rnd, alive)
-        extra = self.strategy.configure_round(rnd, selected)
-        tasks = {cid: TaskSpec.from_config(self.cfg, rnd, cid, **extra) for cid in selected}
-        up0, down0 = self.up.snapshot(), self.down.snapshot()
-        with self.cv:
-            self.strategy.begin_round(rnd, self.global_vec)
-            rs = self.round_state = RoundState(rnd, selected, time.monotonic(), tasks)
-            self.cv.notify_all()
-        log.info("round %d: selected %s", rnd, selected)
-        with self.cv:
-            while not self.stop_event.is_set():
-                now = time.monotonic()
-                alive_now = set(self.alive())
-                outstanding = [c for c in selected if c not in rs.accepted and c not in rs.late and
-                               (c in alive_now or (rnd, c) in self.busy)]
-                if self.policy.should_close(len(rs.accepted), len(outstanding), self._elapsed(rs, now)):
-                    break
-                self.cv.wait(0.05)
-            if self.stop_event.is_set():
-                return None
-        with self.agg_lock:                       # no accumulate in progress from here on
-            with self.cv:
-                rs.open = False
-                round_time = time.monotonic() - rs.started
-                accepted = list(rs.accepted)
-            self.budget.clear_pool()              # idle until the next round; finalize needs the room
-            if self.policy.enough(len(accepted)):
-                new_vec, agg = self.strategy.finalize()
-            else:
-                self.strategy.finalize()
-                new_vec, agg = self.global_vec, {"aggregated": 0, "skipped": True}
-        with self.cv:
-            for key in [k for k in self.partial if k[0] == rnd and k not in self.busy]:
-                self._drop_partial(key)
-        self.global_vec = new_vec.detach().float().reshape(-1)
-        up1, down1 = self.up.snapshot(), self.down.snapshot()
-        row: dict[str, Any] = {
-            "round": rnd,
-            "round_time": round_time,
-            "selected": len(selected),
-            "accepted": len(accepted),
-            "accepted_clients": accepted,
-            "dropped_clients": [c for c in selected if c not in accepted],
-            "stragglers": [c for c in selected if self.net.straggler_factor(c, rnd) > 1.0] if self.opts.emulate else [],
-            "bytes_up": up1["wire_bytes"] - up0["wire_bytes"],
-            "bytes_down": down1["wire_bytes"] - down0["wire_bytes"],
-            "payload_up": up1["payload_bytes"] - up0["payload_bytes"],
-            "payload_down": down1["payload_bytes"] - down0["payload_bytes"],
-            "cum_bytes_up": up1["wire_bytes"],
-            "cum_bytes_down": down1["wire_bytes"],
-            "dropped_chunks": rs.dropped_chunks,
-            "retransmitted_chunks": rs.retransmitted_chunks,
-            "hole_chunks": rs.hole_chunks,
-            "rejected_pushes": rs.rejected,
-            "train_loss": agg.get("train_loss"),
-            "aggregated": agg.get("aggregated", 0),
-        }
-        if self.evaluator is not None and ((rnd + 1) % self.cfg.eval_every == 0 or rnd == self.cfg.rounds - 1):
-            self.last_eval = self.evaluator(self.global_vec)
-            row["accuracy"], row["loss"] = self.last_eval
-        row["wall_time"] = self.wall_before + time.monotonic() - self.t0
-        history = self.history + [{"round": rnd, "accepted": accepted}]
-        if self.opts.checkpoint:
-            checkpoint.save(self.run_dir, {"round": rnd, "global": self.global_vec, "strategy": self.strategy.state_dict(),
-                                           "history": history, "wall_time": row["wall_time"]})
-        # Only after the checkpoint commits does the round exist: logs follow it, never lead it.
-        with self.cv:
-            self.history = history
-            self.rounds_done = rnd + 1
-            self.round_state = None
-            self._blobs.clear()
-            if self.rounds_done >= self.cfg.rounds:
-                self.finished = True
-            self.cv.notify_all()
-        self.writer.write(row)
-        with (self.run_dir / ACCEPTED_LOG).open("a") as f:
-            f.write(json.dumps({"round": rnd, "accepted": accepted}) + "\n")
-        log.info("round %d closed: accepted %s in %.2fs acc=%s", rnd, accepted, round_time, row.get("accuracy"))
-        return row
-
-    def _rewrite_accepted_log(self) -> None:
-        (self.run_dir / ACCEPTED_LOG).write_text("".join(json.dumps(h) + "\n" for h in self.history))
+            payload.release()
+        return verdict[0], verdict[1]
 
     def status(self) -> dict[str, Any]:
         with self.lock:
@@ -604,4 +565,4 @@ def options_dict(opts: ServeOptions) -> dict[str, Any]:
     return asdict(opts)
 
 
-__all__ = ["ParameterServer", "ServeOptions", "RoundState", "parse_encoded_header", "ACCEPTED_LOG"]
+__all__ = ["ParameterServer", "ServeOptions", "RoundState", "ACCEPTED_LOG"]

@@ -79,6 +79,8 @@ def serve(cfg: RunConfig, opts: ServeOptions, security, *, resume: bool = False,
     if cfg.loss != "none" and not opts.emulate:
         log.warning("loss model %r configured but --emulate is off: only the real network loses packets", cfg.loss)
     ps = ParameterServer(cfg, opts, resume=resume)
+    if ps.engine.resumed_from is not None and cfg.progress:
+        print(f"thinwire server: resumed {ps.run_dir} from round {ps.engine.resumed_from}", flush=True)
     server, port = start_grpc(ps, security)
     if port_file:
         with open(port_file + ".tmp", "w") as f:
@@ -121,12 +123,11 @@ def run(args: argparse.Namespace) -> int:
     opts = serve_options(args)
     security = server_security(args)
     st = serve(cfg, opts, security, resume=args.resume, port_file=args.port_file)
-    from thinwire.metrics import format_table, human_bytes, read_metrics
+    from thinwire.metrics import read_metrics
+    from .rounds import results_table, summarize
     rows = read_metrics(cfg.run_dir)
     if rows:
         print()
-        print(format_table(["round", "accepted", "accuracy", "loss", "bytes_up", "bytes_down", "round_time_s"],
-                           [(r["round"], r["accepted"], r.get("accuracy", float("nan")), r.get("loss", float("nan")),
-                             human_bytes(r["bytes_up"]), human_bytes(r["bytes_down"]), r["round_time"]) for r in rows]))
+        print(results_table(summarize(rows), clock="wall"))
     print(f"\nrun {st['phase']}: {st['model_version']}/{st['rounds_total']} rounds; metrics: {cfg.run_dir / 'metrics.jsonl'}")
     return 0 if st["finished"] else 1

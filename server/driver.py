@@ -1,25 +1,17 @@
-"""Round driver policy: who is selected, whose update counts, when a round closes.
+"""Round policy: who is selected, the deadline, and the least number of results that changes the
+model. FedScale-style over-commitment: select ceil(K * overcommit) clients, keep the first K.
 
-FedScale-style over-commitment: select ceil(K * overcommit) clients, aggregate the first K to
-finish, drop anyone finishing after the deadline. The same object serves the simulator (which
-knows every finish time on its virtual clock: `close_by_times`) and the real server (which sees
-arrivals one by one in wall time: `admit` / `should_close`).
+The closing itself (first K / all / decodable, the deadline, nobody outstanding) is decided in the
+one round loop (thinwire.server.rounds), on the virtual clock in simulation and the wall clock in
+served mode.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
-
-
-@dataclass
-class RoundOutcome:
-    accepted: list[int]                  # clients whose updates are aggregated, in finish order
-    late: list[int]                      # finished after the first K or after the deadline
-    round_time: float                    # when the round closed, relative to its start
-    finish_times: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -49,34 +41,6 @@ class RoundPolicy:
         pool = np.asarray(sorted(candidates))
         n = min(self.n_select, len(pool))
         return sorted(int(i) for i in rng.choice(pool, size=n, replace=False))
-
-    # -- virtual clock ------------------------------------------------------------------------
-    def close_by_times(self, finish_times: Mapping[int, float]) -> RoundOutcome:
-        """Accept the first K finishers within the deadline; the round closes at the K-th finish,
-        or at the deadline if fewer than K made it, or at the last finish when there is no deadline."""
-        order = sorted(finish_times.items(), key=lambda kv: (kv[1], kv[0]))
-        accepted, late = [], []
-        for cid, t in order:
-            if len(accepted) < self.per_round and (self.deadline <= 0 or t <= self.deadline):
-                accepted.append(cid)
-            else:
-                late.append(cid)
-        if len(accepted) == self.per_round:
-            close = finish_times[accepted[-1]]
-        elif self.deadline > 0:
-            close = self.deadline
-        else:
-            close = max(finish_times.values(), default=0.0)
-        return RoundOutcome(accepted, late, float(close), dict(finish_times))
-
-    # -- wall clock ------------------------------------------------------------------------
-    def admit(self, n_accepted: int, elapsed_s: float) -> bool:
-        """Whether an update arriving now still counts."""
-        return n_accepted < self.per_round and (self.deadline <= 0 or elapsed_s <= self.deadline)
-
-    def should_close(self, n_accepted: int, n_outstanding: int, elapsed_s: float) -> bool:
-        return (n_accepted >= self.per_round or (self.deadline > 0 and elapsed_s >= self.deadline)
-                or n_outstanding <= 0)
 
     def enough(self, n_accepted: int) -> bool:
         """A round with fewer accepted updates than min_clients leaves the model unchanged."""

@@ -20,7 +20,7 @@ from thinwire.transport import (GRPC_FRAME, MAX_CHUNK_SIZE, WireError, declared_
                                 server_options)
 
 from .app import ParameterServer
-from .memory import tune_malloc
+from .malloc_policy import tune_malloc
 
 log = logging.getLogger("thinwire.server")
 

@@ -1,41 +1,113 @@
-"""Strategies: how the server turns accepted client updates into the next global model.
+"""Strategies: what each selected client is asked to do, how results are folded into the next
+global model, and when a round may close.
 
-Flower-shaped (configure / aggregate / evaluate) but incremental: `accumulate` folds each update
-into one model-sized running sum as it arrives, so server memory does not grow with the number of
-clients in a round.
+Flower-shaped (configure / aggregate) but per client and incremental: `configure_client` builds
+each client's own task, `accept` folds each result the moment it arrives (server memory does not
+grow with the number of clients in a round), and `should_close` lets the strategy own its closing
+rule (first K, all, "decodable"), combined by the round engine with the policy's deadline.
+Built-ins: `fedavg` (plain FedAvg, what Flower calls FedAvg) and `fedavgm` (with server momentum).
+Others register themselves (`register`) or are named as `package.module:Class`.
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
+
+from thinwire.task import DEFAULT_TENSOR, Task
 
 SUM_LIMIT = torch.finfo(torch.float32).max / 2     # the float32 sum's magnitude stays below this
 
 
+@dataclass
+class Result:
+    """One client's decoded result as a strategy sees it."""
+    client_id: int
+    round: int                  # the round whose task produced it
+    job: int                    # == round unless the task named an earlier job
+    task: Task
+    tensors: dict[str, torch.Tensor]
+    scalars: dict[str, float]
+    time: float = 0.0           # arrival, seconds after its round started (virtual or wall clock)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.scalars.get("num_samples", 0))
+
+
+@dataclass
+class RoundView:
+    """What a closing rule sees: the round so far."""
+    round: int
+    selected: list[int]
+    arrived: dict[int, float]   # accepted this round: client -> arrival time
+    lost: set[int] = field(default_factory=set)
+    now: float = 0.0
+    per_round: int = 1
+
+    @property
+    def outstanding(self) -> list[int]:
+        return [c for c in self.selected if c not in self.arrived and c not in self.lost]
+
+
 class Strategy:
-    """Base class. Subclasses override the aggregation rule; the round bookkeeping lives here."""
+    """Base class: the defaults give synchronous FedAvg-shaped rounds of `train` tasks."""
 
     name = "base"
+    #: accept results of jobs up to this many rounds old (delayed jobs, gradient coding)
+    max_delay = 0
 
-    def configure_round(self, rnd: int, client_ids: list[int]) -> dict[str, Any]:
-        """Per-round settings sent to every selected client (merged into its task)."""
-        return {}
+    def __init__(self, cfg=None) -> None:
+        self.cfg = cfg
 
+    # -- configure ---------------------------------------------------------------------------
+    def select(self, rnd: int, candidates: list[int], policy) -> list[int]:
+        """Which clients take part in round `rnd` (default: the policy's seeded sample)."""
+        return policy.select(rnd, candidates)
+
+    def configure_client(self, rnd: int, client_id: int) -> Task:
+        """The task of one selected client (default: local training, send the delta)."""
+        from thinwire.client.kinds import train_params  # the train kind's field names live with the kind
+        return Task.for_config(self.cfg, rnd, client_id, "train", **train_params(self.cfg, rnd))
+
+    def broadcast(self, rnd: int, global_vec: torch.Tensor) -> torch.Tensor:
+        """The flat vector clients download this round (default: the global model)."""
+        return global_vec
+
+    def check_header(self, task: Task, items: list[tuple[str, str, int, bool]], model_numel: int) -> None:
+        """Early check of a result's header (name, codec, numel, model_shaped per tensor) before its
+        body is read; raises ValueError. Default: model-shaped tensors have the model's size."""
+        for name, _codec, numel, model_shaped in items:
+            if model_shaped and numel != model_numel:
+                raise ValueError(f"update: tensor {name!r} has {numel} elements, the model has {model_numel}")
+
+    # -- aggregate ---------------------------------------------------------------------------
     def begin_round(self, rnd: int, global_vec: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def accumulate(self, client_id: int, update: torch.Tensor, num_samples: int,
-                   metrics: dict[str, float] | None = None) -> None:
-        """Fold one client's update in. Raises ValueError, before changing any state, for an update
-        it cannot fold in (wrong shape, NaN or Inf, a value that would overflow the sum): the
-        served mode refuses that push and the round goes on."""
+    def accept(self, result: Result) -> None:
+        """Fold one result in. Its tensors may view the sender's receive buffer (zero-copy decode):
+        clone whatever is kept after returning. Raises ValueError, before changing any state, for a result it cannot
+        use (wrong shape, NaN or Inf, a value that would overflow the sum): the served mode refuses
+        that push and the round goes on."""
         raise NotImplementedError
+
+    def should_close(self, view: RoundView) -> bool | float:
+        """True: close now; False: keep waiting; a float t: close at time t unless something arrives
+        first. The engine also closes at the deadline and when nobody is outstanding.
+        Default: first K (the policy's per_round)."""
+        return len(view.arrived) >= view.per_round
 
     def finalize(self) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
+    def evaluate_vec(self, global_vec: torch.Tensor) -> torch.Tensor:
+        """The flat model to evaluate after a round (default: the global vector)."""
+        return global_vec
+
+    # -- persistence -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -43,9 +115,14 @@ class Strategy:
         pass
 
 
+def close_when_all(view: RoundView) -> bool:
+    """The synchronous rule: every selected client has delivered (or is gone)."""
+    return not view.outstanding
+
+
 class FedAvg(Strategy):
-    """Sample-weighted mean of client deltas, applied with a server learning rate and optional
-    momentum (FedAvgM). Clients send delta = local_model - global_model.
+    """Plain FedAvg: the sample-weighted mean of client deltas, applied with a server learning rate.
+    Clients send delta = local_model - global_model.
 
     The running sum is float32, as in Flower's FedAvg and DDP's all-reduce: a float64 sum would
     double the accumulator's memory and cost about twice the time per update (the server's main
@@ -55,8 +132,9 @@ class FedAvg(Strategy):
 
     name = "fedavg"
 
-    def __init__(self, server_lr: float = 1.0, server_momentum: float = 0.0) -> None:
-        self.server_lr = server_lr
+    def __init__(self, cfg=None, *, server_lr: float | None = None, server_momentum: float = 0.0) -> None:
+        super().__init__(cfg)
+        self.server_lr = server_lr if server_lr is not None else (cfg.server_lr if cfg is not None else 1.0)
         self.server_momentum = server_momentum
         self.velocity: torch.Tensor | None = None
         self._global: torch.Tensor | None = None
@@ -78,10 +156,17 @@ class FedAvg(Strategy):
         self._metric_sums = {}
         self._count = 0
 
-    def accumulate(self, client_id: int, update: torch.Tensor, num_samples: int,
-                   metrics: dict[str, float] | None = None) -> None:
+    def accept(self, result: Result) -> None:
+        update = result.tensors.get(DEFAULT_TENSOR)
+        if update is None:
+            raise ValueError(f"result: FedAvg needs a {DEFAULT_TENSOR!r} tensor; got {sorted(result.tensors)}")
+        metrics = {k: v for k, v in result.scalars.items() if k == "train_loss"}
+        self.fold(update.reshape(-1), result.num_samples, metrics)
+
+    def fold(self, update: torch.Tensor, num_samples: int, metrics: dict[str, float] | None = None) -> None:
+        """Add one weighted delta to the running sum (refusing, unchanged, what it cannot add)."""
         if self._sum is None:
-            raise RuntimeError("accumulate() called before begin_round()")
+            raise RuntimeError("accept() called before begin_round()")
         if update.shape != self._sum.shape:
             raise ValueError(f"update: shape {tuple(update.shape)} does not match model {tuple(self._sum.shape)}")
         w = float(max(num_samples, 0))
@@ -102,6 +187,7 @@ class FedAvg(Strategy):
     def finalize(self) -> tuple[torch.Tensor, dict[str, float]]:
         assert self._global is not None and self._sum is not None, "finalize() before begin_round()"
         if self._weight <= 0:
+            self._sum = None
             return self._global.clone(), {"aggregated": 0}
         # In place where possible: no model-size temporaries beyond the new model itself.
         step = self._sum.div_(self._weight).to(self._global.dtype)   # the buffer is reset next round
@@ -124,8 +210,53 @@ class FedAvg(Strategy):
         self.velocity = state.get("velocity")
 
 
+class FedAvgM(FedAvg):
+    """FedAvg with server momentum (Hsu et al. 2019): velocity = beta * velocity + mean delta,
+    model += server_lr * velocity. Flower's FedAvgM is the same rule."""
+
+    name = "fedavgm"
+
+    def __init__(self, cfg=None, *, server_lr: float | None = None, server_momentum: float | None = None) -> None:
+        beta = server_momentum if server_momentum is not None else (cfg.server_momentum if cfg is not None else 0.9)
+        super().__init__(cfg, server_lr=server_lr, server_momentum=beta)
+
+
+# -- registry ---------------------------------------------------------------------------------
+_REGISTRY: dict[str, Callable[[Any], Strategy]] = {"fedavg": FedAvg, "fedavgm": FedAvgM}
+#: built-in strategies defined in their own modules, imported on first use: name -> module
+BUILTIN_MODULES: dict[str, str] = {}
+
+
+def register(name: str, factory: Callable[[Any], Strategy] | None = None):
+    """Register a strategy factory `factory(cfg) -> Strategy` under `name` (also a decorator)."""
+    def add(f):
+        _REGISTRY[name] = f
+        return f
+    return add(factory) if factory is not None else add
+
+
+def available() -> list[str]:
+    return sorted(set(_REGISTRY) | set(BUILTIN_MODULES))
+
+
 def make_strategy(cfg) -> Strategy:
-    if cfg.strategy == "fedavg":
-        return FedAvg(server_lr=cfg.server_lr, server_momentum=cfg.server_momentum)
+    """The run's strategy: a registered name or `package.module:Class` (called with the config)."""
     from thinwire.errors import ConfigError
-    raise ConfigError("strategy", f"unknown strategy {cfg.strategy!r}", "fedavg")
+    from thinwire.plugins import load_object
+
+    name = cfg.strategy
+    if name not in _REGISTRY and name in BUILTIN_MODULES:
+        import importlib
+        importlib.import_module(BUILTIN_MODULES[name])
+    if name in _REGISTRY:
+        return _REGISTRY[name](cfg)
+    if ":" in name:
+        try:
+            cls = load_object(name)
+        except ValueError as e:
+            raise ConfigError("strategy", str(e)) from None
+        strategy = cls(cfg)
+        if not isinstance(strategy, Strategy):
+            raise ConfigError("strategy", f"{name} is not a thinwire.server.strategy.Strategy subclass")
+        return strategy
+    raise ConfigError("strategy", f"unknown strategy {name!r}", ", ".join(available()) + " or package.module:Class")

@@ -30,7 +30,7 @@ def test_bench_sim_thinwire_only(tmp_path):
     tw = doc["thinwire"]
     assert doc["flower"] is None and doc["comparison"] == {}
     assert [r["round"] for r in tw["curve"]] == [1, 2]
-    assert tw["wall_s"] > 0 and tw["bytes_up"] > 0 and tw["sim_time_s"] > 0
+    assert tw["wall_s"] > 0 and tw["bytes_up"] > 0 and tw["time_s"] > 0
 
 
 @pytest.mark.skipif(not HAVE_FLWR, reason="flwr not installed (pip install -e '.[bench]')")

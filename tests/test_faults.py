@@ -74,10 +74,19 @@ def test_gilbert_stragglers_are_bursty_over_rounds():
     se = share.std(ddof=1) / math.sqrt(len(share))
     assert abs(share.mean() - p) < 4 * se
     assert abs(np.mean(runs) - burst) < 4 * math.sqrt(burst * (burst - 1) / len(runs))
-    # bursty: P(straggle at r+1 | straggle at r) = 1 - 1/burst, far above p
+    # bursty: P(straggle at r+1 | straggle at r) = 1 - 1/burst, far above the iid model's p
     iid = NetworkModel(seed=4, stragglers="iid", straggler_prob=p)
-    assert net.straggler_factor(0, 5) == net.straggler_factor(0, 5)  # pure function
-    assert iid.straggler_factor(0, 5) == iid.straggler_factor(0, 5)
+
+    def stay(model):
+        pairs = [(model.straggler_factor(k, r) > 1, model.straggler_factor(k, r + 1) > 1)
+                 for k in range(60) for r in range(rounds - 1)]
+        after = [b for a, b in pairs if a]
+        return float(np.mean(after)), len(after)
+
+    g_stay, n_g = stay(net)
+    i_stay, n_i = stay(iid)
+    assert abs(g_stay - (1 - 1 / burst)) < 4 * math.sqrt(0.2 * 0.8 * (2 * burst) / n_g)
+    assert abs(i_stay - p) < 4 * math.sqrt(p * (1 - p) / n_i)
 
 
 def test_profiles_follow_their_distributions():

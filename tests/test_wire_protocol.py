@@ -362,7 +362,7 @@ def test_holes_policy_decodes_eden_around_lost_chunks(tmp_path):
     import json
 
     from thinwire.faults import NetworkModel
-    from thinwire.task import TaskSpec
+    from thinwire.task import Task
 
     h = _serve(tmp_path, clients=1, per_round=1, loss="iid", loss_prob=0.3, loss_policy="holes", seed=2,
                codec="eden:bits=2", chunk_size=128)
@@ -371,10 +371,10 @@ def test_holes_policy_decodes_eden_around_lost_chunks(tmp_path):
     try:
         conn.join(0)
         task = _train_task(conn, 0)
-        spec = TaskSpec.from_dict(json.loads(task.task_json))
+        spec = Task.from_dict(json.loads(task.task_json))
         codec = compression.from_spec(spec.codec)
         update = torch.randn(NUMEL, generator=torch.Generator().manual_seed(1))
-        enc = codec.encode(update, spec.codec_context(None))
+        enc = codec.encode(update, spec.codec_context())
         payload = enc.to_bytes()
         net = NetworkModel.from_config(h.ps.cfg)
         reply = conn.push(client_id=0, rnd=task.round, model_version=0, payload=payload, header_size=enc.header_size,

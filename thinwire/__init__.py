@@ -4,12 +4,13 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
-def simulate(cfg=None, **overrides):
-    """Run a simulation from a RunConfig (or keyword settings) and return its RunResult."""
+def simulate(cfg=None, *, data=None, **overrides):
+    """Run a simulation from a RunConfig (or keyword settings) and return its RunResult.
+    `data`: a FederatedDataset to use instead of the configured data set."""
     from .config import RunConfig, build, to_dict
     from .sim.engine import simulate as _simulate
 
     values = to_dict(cfg) if cfg is not None else {}
     resume = overrides.pop("resume", False)
     values.update(overrides)
-    return _simulate(build(RunConfig, values), resume=resume)
+    return _simulate(build(RunConfig, values), resume=resume, data=data)

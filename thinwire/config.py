@@ -31,7 +31,7 @@ PROFILES = ("uniform", "lognormal", "mobile", "datacenter", "trace")
 STRAGGLER_MODELS = ("none", "iid", "gilbert", "trace")
 LOSS_MODELS = ("none", "iid", "gilbert")
 LOSS_POLICIES = ("retransmit", "holes")
-STRATEGIES = ("fedavg", "ntk")
+STRATEGIES = ("fedavgm", "fedavg")           # built in; more register themselves (see strategies())
 NTK_LOSSES = ("ce", "mse")
 FEEDBACK = ("none", "ef", "def", "defa")
 
@@ -97,6 +97,18 @@ def check_codec(name: str, spec: str) -> None:
         raise ConfigError(name, str(e)) from None
 
 
+def strategies() -> list[str]:
+    """Every strategy name `--strategy` takes (built-in and registered)."""
+    from thinwire.server.strategy import available
+    return available()
+
+
+def check_strategy(name: str, spec: str) -> None:
+    from thinwire.plugins import is_plugin_name
+    if not isinstance(spec, str) or not (spec in strategies() or is_plugin_name(spec)):
+        raise ConfigError(name, f"unknown strategy {spec!r}", ", ".join(strategies()) + " or package.module:Class")
+
+
 def check_model(name: str, model: str) -> None:
     if model in ("mlp", "lenet", "logreg"):
         return
@@ -135,9 +147,11 @@ class RunConfig:
     momentum: float = _f(0.0, "client SGD momentum")
     weight_decay: float = _f(0.0, "client weight decay")
     # server
-    strategy: str = _f("fedavg", "aggregation strategy", choices=STRATEGIES)
+    strategy: str = _f("fedavgm", "server strategy: fedavgm (FedAvg with server momentum, the default), fedavg "
+                       "(plain FedAvg), gradient coding and NTK-FL strategies, or package.module:Class", choices=STRATEGIES)
     server_lr: float = _f(1.0, "server learning rate applied to the aggregated update")
-    server_momentum: float = _f(0.9, "server momentum (FedAvgM; 0 = plain FedAvg). 0.9 keeps tiny non-IID clients moving")
+    server_momentum: float = _f(0.9, "server momentum of fedavgm (ignored by plain fedavg); 0.9 keeps tiny "
+                                "non-IID clients moving")
     # NTK-FL / CP-NTK-FL (--strategy ntk)
     ntk_loss: str = _f("ce", "NTK-FL training loss of the kernel flow", choices=NTK_LOSSES)
     ntk_taus: list = _f([100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1500, 2000],
@@ -178,6 +192,9 @@ class RunConfig:
     progress: bool = _f(True, "show a progress bar")
 
     def validate(self) -> "RunConfig":
+        from thinwire.plugins import absolute
+        # File plug-ins by absolute path: Ray workers and client processes run elsewhere.
+        self.strategy, self.codec = absolute(self.strategy), absolute(self.codec)
         check_int("seed", self.seed, 0)
         check_int("rounds", self.rounds, 1)
         check_int("eval_every", self.eval_every, 1)
@@ -204,7 +221,7 @@ class RunConfig:
         check_float("lr_decay", self.lr_decay, 0.0, 1.0, lo_open=True)
         check_float("momentum", self.momentum, 0.0, 1.0, hi_open=True)
         check_float("weight_decay", self.weight_decay, 0.0)
-        check_choice("strategy", self.strategy, STRATEGIES)
+        check_strategy("strategy", self.strategy)
         check_float("server_lr", self.server_lr, 0.0, lo_open=True)
         check_float("server_momentum", self.server_momentum, 0.0, 1.0, hi_open=True)
         self._validate_ntk()

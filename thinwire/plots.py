@@ -10,7 +10,7 @@ from thinwire.metrics import read_metrics
 # x-axis key, label, file name
 _AXES = (
     ("round", "round", "accuracy_vs_round.png"),
-    ("sim_time", "simulated time (s)", "accuracy_vs_time.png"),
+    ("time", "simulated time (s)", "accuracy_vs_time.png"),
     ("cum_bytes_up", "bytes uploaded (MB)", "accuracy_vs_bytes.png"),
 )
 

@@ -66,3 +66,19 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         correct += int((logits.argmax(1) == y[s:s + batch_size]).sum())
     n = max(1, len(x))
     return correct / n, loss_sum / n
+
+
+def build_run_model(cfg, data):
+    """(initial flat model, evaluator, segments) of a run: the same seeded model in every mode."""
+    from thinwire.models import model_from_config
+
+    torch.manual_seed(cfg.seed)
+    model = model_from_config(cfg, data)
+    spec = model_spec(model)
+    x_test, y_test = data.test_data()
+
+    def evaluator(vec: torch.Tensor) -> tuple[float, float]:
+        set_flat(model, vec, spec)
+        return evaluate(model, x_test, y_test)
+
+    return get_flat(model), evaluator, spec.segments

@@ -120,11 +120,11 @@ def run_thinwire(cfg: RunConfig) -> dict[str, Any]:
     curve = [{"round": m["round"] + 1, "accuracy": m["accuracy"], "loss": m["loss"],
               # the engine's clock starts after its argument checks; ours around the whole call
               "wall_time": m["wall_time"], "round_wall": m["round_wall"],
-              "bytes_up": m["bytes_up"], "bytes_down": m["bytes_down"], "sim_time": m["sim_time"]}
+              "bytes_up": m["bytes_up"], "bytes_down": m["bytes_down"], "time": m["time"]}
              for m in res.metrics if m.get("accuracy") is not None]
     s = res.summary
     return {"wall_s": wall, **_curve_stats(curve), **_timing_stats(curve),
-            "bytes_up": s.get("bytes_up"), "bytes_down": s.get("bytes_down"), "sim_time_s": s.get("sim_time_s"),
+            "bytes_up": s.get("bytes_up"), "bytes_down": s.get("bytes_down"), "time_s": s.get("time_s"),
             "curve": curve}
 
 
@@ -279,7 +279,7 @@ def _report(cfg: RunConfig, tw: dict[str, Any], fl: dict[str, Any] | None, cmp: 
         (f"mean accuracy, last {TAIL} rounds", f(tw[key], ".4f"), f(fl and fl[key], ".4f")),
         ("bytes up (simulated wire)", human_bytes(tw["bytes_up"]), "not accounted"),
         ("bytes down (simulated wire)", human_bytes(tw["bytes_down"]), "not accounted"),
-        ("simulated time (s)", f(tw["sim_time_s"], ".1f"), "not accounted"),
+        ("simulated time (s)", f(tw["time_s"], ".1f"), "not accounted"),
     ]
     out = [format_table(["", "thinwire", "Flower"], rows)]
     if cmp:

@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     result = simulate(cfg, resume=args.resume)
     data_summary = result.run_dir / "partition.txt"
     print()
-    print(results_table(result.summary))
+    print(results_table(result.summary, clock="virtual"))
     print(f"\nmetrics: {result.run_dir / 'metrics.jsonl'}")
     if data_summary.exists():
         print(f"partition summary: {data_summary}")

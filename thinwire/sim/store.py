@@ -1,11 +1,12 @@
-"""Client state store: per-client state (error-feedback residuals) kept outside the actors, so
-any worker actor can run any virtual client and a 10,000-client fleet costs memory only for the
-clients that actually carry state."""
+"""Client state store: per-client state (error-feedback residuals, task kinds' own state) kept
+outside the actors, so any worker actor can run any virtual client and a 10,000-client fleet
+costs memory only for the clients that actually carry state."""
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
-from thinwire.client.update import ClientState
+from thinwire.client.runtime import ClientState
 
 
 class ClientStateStore:
@@ -14,11 +15,11 @@ class ClientStateStore:
 
     def get(self, client_id: int) -> ClientState | None:
         s = self._states.get(client_id)
-        return None if s is None else ClientState(memory=s["memory"], rounds=s["rounds"])
+        return None if s is None else ClientState(**s)
 
     def put(self, client_id: int, state: ClientState) -> None:
-        if state.memory or state.rounds:
-            self._states[client_id] = {"memory": state.memory, "rounds": state.rounds}
+        if not state.empty:
+            self._states[client_id] = asdict(state)
 
     def state_dict(self) -> dict[int, dict[str, Any]]:
         return dict(self._states)

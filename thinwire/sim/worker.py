@@ -1,16 +1,18 @@
 """A simulation worker: one Ray actor that executes many virtual clients per round (Flower-style
 batching). It builds the model once from the run config; virtual clients are just
-(client id, task, state) triples passed in, so it holds no per-client state itself."""
+(task, state) pairs passed in, so it holds no per-client state itself."""
 from __future__ import annotations
 
 from typing import Any
 
 import torch
 
-from thinwire.client.update import ClientResult, ClientState, run_client_round
+from thinwire.client.runtime import ClientResult, ClientState, execute
 from thinwire.config import RunConfig, build
 from thinwire.models import model_from_config
-from thinwire.task import TaskSpec
+from thinwire.plugins import load_run_plugins
+from thinwire.task import Task
+from thinwire.training import model_spec
 
 
 class SimWorker:
@@ -23,18 +25,21 @@ class SimWorker:
     def __init__(self, cfg_dict: dict[str, Any], threads: int = 1) -> None:
         torch.set_num_threads(threads)
         self.cfg = build(RunConfig, cfg_dict)
+        load_run_plugins(self.cfg)          # user strategies / codecs / task kinds, in this process too
         self.data = None
         self.model: torch.nn.Module | None = None
 
     def load(self, data) -> bool:
         self.data = data
         self.model = model_from_config(self.cfg, self.data)
+        self.spec = model_spec(self.model)
         return True
 
     def run(self, global_vec: torch.Tensor, jobs: list[tuple[dict[str, Any], ClientState | None]]) -> list[ClientResult]:
         out = []
         for task_dict, state in jobs:
-            task = TaskSpec.from_dict(task_dict)
+            task = Task.from_dict(task_dict)
             x, y = self.data.client_data(task.client_id)
-            out.append(run_client_round(self.model, global_vec, x, y, task, state))
+            out.append(execute(task, model=self.model, spec=self.spec, global_vec=global_vec, data=self.data,
+                               x=x, y=y, state=state))
         return out

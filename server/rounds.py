@@ -1,0 +1,344 @@
+"""The round engine: the one round loop of every federated run, simulated or served.
+
+    select -> configure_client (one task per client) -> transport.open_round -> results arrive
+    one by one in clock order -> strategy.accept -> strategy.should_close / deadline / nobody
+    outstanding -> transport.close_round -> finalize -> evaluate -> one metrics row -> checkpoint
+
+Two things differ between the modes and are injected as a `Transport`, which owns its clock:
+simulation (a Ray worker pool computes the clients, the fault model and a virtual clock order
+their arrivals: thinwire.sim.engine) and served mode (gRPC pushes on the wall clock:
+thinwire.server.app). Metric rows, checkpoints and the resolved config are written here, so both
+modes produce the same files.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+
+from thinwire import checkpoint
+from thinwire.config import RunConfig, to_dict
+from thinwire.errors import ConfigError
+from thinwire.metrics import MetricsWriter
+from thinwire.task import Task, decode_result
+
+from .driver import RoundPolicy
+from .strategy import Result, RoundView, Strategy
+
+log = logging.getLogger("thinwire.rounds")
+ACCEPTED_LOG = "accepted.jsonl"
+CONFIG_FILE = "config.toml"
+# Settings a resumed run may change: how long it runs and how it is watched, not what it computes.
+RESUMABLE_CHANGES = frozenset({"rounds", "progress", "workers", "ray_address", "eval_every", "tensorboard"})
+
+
+@dataclass
+class Arrival:
+    """One client's complete result reaching the server. `reply(verdict, message)` tells the sender
+    what became of it (served mode: the waiting gRPC handler)."""
+    client_id: int
+    round: int
+    job: int
+    payload: bytes | memoryview
+    scalars: dict[str, float]
+    time: float = 0.0
+    holes: Sequence[tuple[int, int]] = ()       # body byte ranges lost in transit (one per lost chunk)
+    reply: Callable[[str, str], None] | None = None
+
+    def answer(self, verdict: str, message: str = "") -> None:
+        if self.reply is not None:
+            self.reply(verdict, message)
+
+
+@dataclass
+class Lost:
+    """A selected client that will not deliver (gone, or its result was refused for good)."""
+    client_id: int
+
+
+class Transport(Protocol):
+    clock: str                 # "virtual" or "wall"
+    segments: tuple[int, ...] | None
+
+    def candidates(self, rnd: int) -> list[int] | None: ...          # None: stop the run
+    def open_round(self, rnd: int, vec: torch.Tensor, tasks: dict[int, Task]) -> None: ...
+    def now(self) -> float: ...                                        # seconds since the round opened
+    def next_event(self, until: float) -> Arrival | Lost | None: ...  # None: the clock reached `until`
+    def close_round(self, rnd: int, keep_late: bool) -> dict[str, Any]: ...  # the round's I/O figures
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: list[dict[str, Any]]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final_accuracy(self) -> float:
+        accs = [m["accuracy"] for m in self.metrics if m.get("accuracy") is not None]
+        return accs[-1] if accs else float("nan")
+
+
+class RoundEngine:
+    """Drives rounds of one run over a transport; `run()` returns when done or stopped."""
+
+    def __init__(self, cfg: RunConfig, transport: Transport, init_vec: torch.Tensor, *,
+                 evaluator: Callable[[torch.Tensor], tuple[float, float]] | None = None,
+                 strategy: Strategy | None = None, resume: bool = False, checkpoints: bool = True,
+                 should_stop: Callable[[], bool] = lambda: False) -> None:
+        from .strategy import make_strategy
+
+        self.cfg = cfg
+        self.transport = transport
+        self.run_dir = Path(cfg.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.policy = RoundPolicy.from_config(cfg)
+        self.strategy = strategy or make_strategy(cfg)
+        self.evaluator = evaluator
+        self.checkpoints = checkpoints
+        self.should_stop = should_stop
+        self.global_vec = init_vec.detach().float().reshape(-1).clone()
+        self.rounds_done = 0
+        self.history: list[dict[str, Any]] = []
+        self.totals = {"bytes_up": 0, "bytes_down": 0, "time": 0.0, "wall": 0.0}
+        self.metrics: list[dict[str, Any]] = []
+        self.last_eval: tuple[float, float] = (float("nan"), float("nan"))
+        self.delayed_done: set[tuple[int, int, int]] = set()   # (round, client, job) accepted late
+        self.tasks_by_round: dict[int, dict[int, Task]] = {}
+        self.resumed_from: int | None = None
+        ckpt = checkpoint.load(self.run_dir) if resume else None
+        if resume and ckpt is None:
+            log.info("--resume: no checkpoint in %s yet; starting at round 0", self.run_dir)
+        if ckpt is not None:
+            check_resume_config(ckpt.get("config"), to_dict(cfg))
+            self.global_vec = ckpt["global"].float()
+            self.strategy.load_state_dict(ckpt["strategy"])
+            transport.load_state_dict(ckpt.get("clients", {}))
+            self.rounds_done = int(ckpt["round"]) + 1
+            self.history = list(ckpt["history"])
+            self.totals.update(ckpt["totals"])
+            self.resumed_from = self.rounds_done
+        self.writer = MetricsWriter(self.run_dir, resume_after=self.rounds_done - 1 if ckpt is not None else None)
+        (self.run_dir / ACCEPTED_LOG).write_text("".join(json.dumps(h) + "\n" for h in self.history))
+        write_config(self.run_dir, cfg)
+        self.t0 = time.perf_counter()
+
+    @property
+    def finished(self) -> bool:
+        return self.rounds_done >= self.cfg.rounds
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self, progress: bool = False, desc: str = "run") -> RunResult:
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=self.cfg.rounds, initial=self.rounds_done, desc=f"{desc} {self.cfg.name}", unit="round",
+                       dynamic_ncols=True)
+        try:
+            while not self.finished and not self.should_stop():
+                row = self.one_round()
+                if row is None:
+                    break
+                if bar is not None:
+                    bar.update(1)
+                    acc = row.get("accuracy")
+                    bar.set_postfix(acc=f"{acc:.3f}" if acc is not None else "-", t=f"{row['time']:.0f}s",
+                                    accepted=row["accepted"])
+        finally:
+            if bar is not None:
+                bar.close()
+        return RunResult(self.run_dir, self.metrics, summarize(self.metrics) if self.metrics else {})
+
+    def one_round(self) -> dict[str, Any] | None:
+        rnd = self.rounds_done
+        t_round = time.perf_counter()
+        candidates = self.transport.candidates(rnd)
+        if candidates is None:
+            return None
+        strategy, cfg = self.strategy, self.cfg
+        selected = sorted(strategy.select(rnd, candidates, self.policy))
+        tasks = {cid: strategy.configure_client(rnd, cid) for cid in selected}
+        self.tasks_by_round[rnd] = tasks
+        for old in [r for r in self.tasks_by_round if r < rnd - strategy.max_delay]:
+            del self.tasks_by_round[old]
+        strategy.begin_round(rnd, self.global_vec)
+        self.transport.open_round(rnd, strategy.broadcast(rnd, self.global_vec), tasks)
+        log.info("round %d: selected %s", rnd, selected)
+
+        view = RoundView(round=rnd, selected=selected, arrived={}, per_round=self.policy.per_round)
+        deadline = self.policy.deadline if self.policy.deadline > 0 else math.inf
+        rejected = delayed = holes = 0
+        while True:
+            if self.should_stop():
+                return None
+            view.now = self.transport.now()
+            decision = strategy.should_close(view)
+            if decision is True or not view.outstanding or view.now >= deadline:
+                break
+            wake = math.inf if decision is False else float(decision)
+            if wake <= view.now:
+                break
+            ev = self.transport.next_event(min(wake, deadline))
+            if ev is None:
+                continue
+            if isinstance(ev, Lost):
+                view.lost.add(ev.client_id)
+                continue
+            verdict = self._take(ev, rnd, view)
+            rejected += verdict == "refused"
+            delayed += verdict == "accepted" and ev.round != rnd
+            holes += len(ev.holes) if verdict == "accepted" else 0
+        round_time = min(view.now, deadline)
+        io = self.transport.close_round(rnd, keep_late=strategy.max_delay > 0)
+        accepted = sorted(view.arrived, key=lambda c: (view.arrived[c], c))
+        if self.policy.enough(len(accepted)):
+            new_vec, agg = strategy.finalize()
+        else:
+            strategy.finalize()
+            new_vec, agg = self.global_vec, {"aggregated": 0, "skipped": True}
+        self.global_vec = new_vec.detach().float().reshape(-1)
+        io["hole_chunks"] = holes
+        return self._finish_round(rnd, t_round, round_time, selected, accepted, rejected, delayed, io, agg)
+
+    def _take(self, ev: Arrival, rnd: int, view: RoundView) -> str:
+        """Hand one arrival to the strategy; returns and answers its verdict."""
+        current = ev.round == rnd and ev.client_id in view.selected and ev.client_id not in view.arrived
+        key = (ev.round, ev.client_id, ev.job)
+        delayed_ok = (ev.round < rnd and rnd - ev.round <= self.strategy.max_delay and key not in self.delayed_done
+                      and ev.client_id in self.tasks_by_round.get(ev.round, {}))
+        if not (current or delayed_ok):
+            ev.answer("late", f"round {ev.round} no longer takes results")
+            return "late"
+        task = self.tasks_by_round[ev.round][ev.client_id]
+        try:
+            tensors = decode_result(ev.payload, task, self.transport.segments, ev.holes)
+            self.strategy.accept(Result(client_id=ev.client_id, round=ev.round, job=ev.job, task=task,
+                                        tensors=tensors, scalars=dict(ev.scalars), time=ev.time))
+        except ValueError as e:
+            ev.answer("refused", str(e))
+            if getattr(self.transport, "refusal_is_final", True) and current:
+                view.lost.add(ev.client_id)
+            return "refused"
+        finally:
+            tensors = None      # a decoded tensor may view the sender's buffer: drop it before replying
+        if current:
+            view.arrived[ev.client_id] = ev.time
+        else:
+            self.delayed_done.add(key)
+        ev.answer("accepted", "")
+        return "accepted"
+
+    def _finish_round(self, rnd, t_round, round_time, selected, accepted, rejected, delayed, io, agg):
+        cfg = self.cfg
+        self.totals["bytes_up"] += io.get("bytes_up", 0)
+        self.totals["bytes_down"] += io.get("bytes_down", 0)
+        self.totals["time"] += round_time
+        row: dict[str, Any] = {
+            "round": rnd,
+            "clock": self.transport.clock,
+            "time": self.totals["time"],
+            "round_time": round_time,
+            "selected": len(selected),
+            "accepted": len(accepted),
+            "accepted_clients": accepted,
+            "dropped_clients": [c for c in selected if c not in accepted],
+            "delayed_accepted": delayed,
+            "stragglers": io.get("stragglers", []),
+            "bytes_up": io.get("bytes_up", 0),
+            "bytes_down": io.get("bytes_down", 0),
+            "payload_up": io.get("payload_up", 0),
+            "payload_down": io.get("payload_down", 0),
+            "cum_bytes_up": self.totals["bytes_up"],
+            "cum_bytes_down": self.totals["bytes_down"],
+            "dropped_chunks": io.get("dropped_chunks", 0),
+            "retransmitted_chunks": io.get("retransmitted_chunks", 0),
+            "hole_chunks": io.get("hole_chunks", 0),
+            "rejected_pushes": rejected + io.get("rejected_pushes", 0),
+            "reassembly_bytes": io.get("reassembly_bytes", 0),
+            "train_loss": agg.get("train_loss"),
+            "aggregated": agg.get("aggregated", 0),
+        }
+        row.update({k: v for k, v in agg.items() if k not in row and k != "skipped"})
+        if self.evaluator is not None and ((rnd + 1) % cfg.eval_every == 0 or rnd == cfg.rounds - 1):
+            self.last_eval = self.evaluator(self.strategy.evaluate_vec(self.global_vec))
+            row["accuracy"], row["loss"] = self.last_eval
+        row["round_wall"] = time.perf_counter() - t_round
+        row["wall_time"] = self.totals["wall"] + time.perf_counter() - self.t0
+        history = self.history + [{"round": rnd, "accepted": accepted}]
+        if self.checkpoints:
+            checkpoint.save(self.run_dir, {
+                "round": rnd, "global": self.global_vec, "strategy": self.strategy.state_dict(),
+                "clients": self.transport.state_dict(), "history": history, "config": to_dict(cfg),
+                "totals": {**self.totals, "wall": row["wall_time"]}})
+        # Only after the checkpoint commits does the round exist: logs follow it, never lead it.
+        self.history = history
+        self.rounds_done = rnd + 1
+        self.writer.write(row)
+        with (self.run_dir / ACCEPTED_LOG).open("a") as f:
+            f.write(json.dumps({"round": rnd, "accepted": accepted}) + "\n")
+        self.metrics.append(row)
+        log.info("round %d closed: accepted %s in %.2fs acc=%s", rnd, accepted, round_time, row.get("accuracy"))
+        return row
+
+
+# -- run files ------------------------------------------------------------------------------------
+def write_config(run_dir: Path, cfg: Any) -> Path:
+    """The resolved config, as TOML any `--config` reads back (tomli-w: strings, lists, inf)."""
+    import tomli_w
+
+    path = Path(run_dir) / CONFIG_FILE
+    path.write_text(tomli_w.dumps({k: v for k, v in to_dict(cfg).items() if v is not None}))
+    return path
+
+
+def check_resume_config(stored: dict[str, Any] | None, current: dict[str, Any]) -> None:
+    """Refuse to resume a run directory under different settings; names the fields that differ."""
+    if stored is None:
+        return
+    diff = sorted(k for k in set(stored) | set(current)
+                  if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
+    if diff:
+        detail = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in diff[:6])
+        raise ConfigError("resume", f"the run directory was made with other settings ({detail}{', ...' if len(diff) > 6 else ''})",
+                          "the same settings (only " + ", ".join(sorted(RESUMABLE_CHANGES)) + " may change), "
+                          "or a new --name / out-dir")
+
+
+def summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    accs = [m["accuracy"] for m in metrics if m.get("accuracy") is not None]
+    last = metrics[-1]
+    return {
+        "rounds": last["round"] + 1,
+        "final_accuracy": accs[-1] if accs else None,
+        "best_accuracy": max(accs) if accs else None,
+        "time_s": last["time"],
+        "wall_time_s": last["wall_time"],
+        "bytes_up": last["cum_bytes_up"],
+        "bytes_down": last["cum_bytes_down"],
+        "straggler_events": sum(len(m["stragglers"]) for m in metrics),
+        "dropped_clients": sum(len(m["dropped_clients"]) for m in metrics),
+        "dropped_chunks": sum(m["dropped_chunks"] for m in metrics),
+        "hole_chunks": sum(m["hole_chunks"] for m in metrics),
+        "retransmitted_chunks": sum(m["retransmitted_chunks"] for m in metrics),
+        "rejected_pushes": sum(m["rejected_pushes"] for m in metrics),
+    }
+
+
+def results_table(summary: dict[str, Any], clock: str = "virtual") -> str:
+    from thinwire.metrics import format_table, human_bytes
+
+    fmt = {
+        "final_accuracy": lambda v: f"{v:.4f}", "best_accuracy": lambda v: f"{v:.4f}",
+        "time_s": lambda v: f"{v:,.1f} s ({'simulated' if clock == 'virtual' else 'wall clock'})",
+        "wall_time_s": lambda v: f"{v:,.1f} s", "bytes_up": human_bytes, "bytes_down": human_bytes,
+    }
+    rows = [(k, fmt.get(k, str)(v) if v is not None else "-") for k, v in summary.items()]
+    return format_table(["metric", "value"], rows)
