@@ -128,7 +128,9 @@ class NTKRound:
         if bool(((lab != lab.round()) | (lab < 0) | (lab >= self.num_classes)).any()):
             raise ValueError(f"labels: must be class ids 0..{self.num_classes - 1}")
         ntk.check_kernel_size(self.shuffler.rows + n, self.settings.max_samples)
-        self.shuffler.add({"jacobian": jacobian.float(), "labels": lab.long(), "outputs": outputs.float()})
+        # copies: a result's tensors may view the sender's receive buffer (zero-copy decode)
+        self.shuffler.add({"jacobian": jacobian.to(torch.float32, copy=True), "labels": lab.long(),
+                           "outputs": outputs.to(torch.float32, copy=True)})
         self.uploads += 1
 
     def finalize(self) -> tuple[torch.Tensor, dict[str, float]]:
