@@ -31,6 +31,7 @@ PROFILES = ("uniform", "lognormal", "mobile", "datacenter", "trace")
 STRAGGLER_MODELS = ("none", "iid", "gilbert", "trace")
 LOSS_MODELS = ("none", "iid", "gilbert")
 LOSS_POLICIES = ("retransmit", "holes")
+NTK_LOSSES = ("ce", "mse")
 FEEDBACK = ("none", "ef", "def", "defa")
 
 
@@ -158,6 +159,16 @@ class RunConfig:
     server_lr: float = _f(1.0, "server learning rate applied to the aggregated update")
     server_momentum: float = _f(0.9, "server momentum of fedavgm (ignored by plain fedavg); 0.9 keeps tiny "
                                 "non-IID clients moving")
+    # NTK-FL / CP-NTK-FL (--strategy ntk)
+    ntk_loss: str = _f("ce", "NTK-FL training loss of the kernel flow", choices=NTK_LOSSES)
+    ntk_taus: list = _f([100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1500, 2000],
+                        "NTK-FL candidate step counts tau, best picked on the validation split")
+    ntk_eta: float = _f(0.01, "NTK-FL learning rate eta of the linearised gradient flow")
+    ntk_val_fraction: float = _f(0.05, "NTK-FL server validation split: this fraction of the training pool (never test data)")
+    ntk_project: int = _f(0, "CP-NTK-FL random projection dimension d' of the Jacobian (0 = off)")
+    ntk_subsample: float = _f(1.0, "CP-NTK-FL fraction of each client's samples used")
+    ntk_shuffle: bool = _f(False, "CP-NTK-FL: permute per-sample rows across clients before the strategy sees them")
+    ntk_max_samples: int = _f(8192, "NTK-FL refuses rounds with more pooled samples N (the kernel is N x N)")
     # compression
     codec: str = _f("identity", "update codec NAME[:key=value,...], e.g. eden:bits=2, randblock:ratio=64",
                     choices=lambda: _codec_names())
@@ -225,6 +236,7 @@ class RunConfig:
         check_strategy("strategy", self.strategy)
         check_float("server_lr", self.server_lr, 0.0, lo_open=True)
         check_float("server_momentum", self.server_momentum, 0.0, 1.0, hi_open=True)
+        self._validate_ntk()
         check_codec("codec", self.codec)
         check_choice("feedback", self.feedback, FEEDBACK)
         check_float("feedback_coeff", self.feedback_coeff, 0.0, 1.0)
@@ -259,6 +271,18 @@ class RunConfig:
             if not tensorboard_available():
                 raise ConfigError("tensorboard", TENSORBOARD_MISSING)
         return self
+
+    def _validate_ntk(self) -> None:
+        check_choice("ntk_loss", self.ntk_loss, NTK_LOSSES)
+        if not self.ntk_taus or any(isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= 1_000_000
+                                    for t in self.ntk_taus):
+            raise ConfigError("ntk_taus", f"bad step counts {self.ntk_taus!r}",
+                              "a list of integers in 1..1000000, e.g. 100,200,500")
+        check_float("ntk_eta", self.ntk_eta, 0.0, lo_open=True)
+        check_float("ntk_val_fraction", self.ntk_val_fraction, 0.0, 0.5, lo_open=True)
+        check_int("ntk_project", self.ntk_project, 0)
+        check_float("ntk_subsample", self.ntk_subsample, 0.0, 1.0, lo_open=True)
+        check_int("ntk_max_samples", self.ntk_max_samples, 1)
 
     @property
     def run_dir(self) -> Path:
