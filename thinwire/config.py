@@ -139,7 +139,9 @@ class RunConfig:
     partition: str = _f("iid", "how data is split over clients", choices=PARTITIONS)
     alpha: float = _f(0.5, "Dirichlet concentration for --partition dirichlet")
     shards_per_client: int = _f(2, "shards per client for --partition shards")
-    standardize: bool = _f(False, "standardise features to zero mean / unit variance (train statistics)")
+    standardize: bool = _f(True, "standardise features to zero mean / unit variance (train statistics); on by "
+                           "default: on the demo it lifts final accuracy 0.88-0.91 -> 0.91-0.93 (fedavgm) and "
+                           "0.28-0.39 -> 0.86-0.89 (plain fedavg), docs/BENCHMARKS.md")
     synthetic_alpha: float = _f(1.0, "Synthetic(alpha, beta): model heterogeneity")
     synthetic_beta: float = _f(1.0, "Synthetic(alpha, beta): data heterogeneity")
     # model and local training
