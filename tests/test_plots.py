@@ -8,7 +8,7 @@ from thinwire.metrics import MetricsWriter
 def fake_run(path, accs, bytes_per_round):
     w = MetricsWriter(path)
     for r, a in enumerate(accs):
-        w.write({"round": r, "accuracy": a, "sim_time": 10.0 * (r + 1), "cum_bytes_up": bytes_per_round * (r + 1)})
+        w.write({"round": r, "accuracy": a, "time": 10.0 * (r + 1), "cum_bytes_up": bytes_per_round * (r + 1)})
     return path
 
 

@@ -1,4 +1,4 @@
-"""`thinwire plot RUN [RUN ...]`: PNGs of accuracy vs round, vs simulated time and vs bytes uploaded.
+"""`thinwire plot RUN [RUN ...]`: PNGs of accuracy vs round, vs time (simulated or wall) and vs bytes uploaded.
 
 One run: its three plots in its own directory. Several runs (codec A vs codec B, ...): each plot
 overlays one line per run, labelled with the run's name, written as compare_*.png.
@@ -14,7 +14,7 @@ from thinwire.metrics import read_metrics
 # x-axis key, label, file name
 _AXES = (
     ("round", "round", "accuracy_vs_round.png"),
-    ("time", "simulated time (s)", "accuracy_vs_time.png"),
+    ("time", "time (s): simulated, or wall clock for served runs", "accuracy_vs_time.png"),
     ("cum_bytes_up", "bytes uploaded (MB)", "accuracy_vs_bytes.png"),
 )
 

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from .errors import ConfigError
+from .paths import make_dir
 
 LATEST = "latest"
 # Files whose presence means "a run was written here" (simulate/server/allreduce all write some).
@@ -49,7 +50,7 @@ def resolve_run_dir(out_dir: str | os.PathLike, name: str, *, command: str = "ru
     check_run_name(name)
     if resume and force:
         raise ConfigError("force", "--force (start over) contradicts --resume (continue)", "one of them")
-    root = Path(out_dir)
+    root = make_dir("out_dir", out_dir)
     if not name:
         if resume:
             raise ConfigError("name", "--resume needs the name of the run to continue",
@@ -77,7 +78,6 @@ def resolve_run_dir(out_dir: str | os.PathLike, name: str, *, command: str = "ru
 
 
 def _new_unique_dir(root: Path, command: str, now: _dt.datetime) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
     stem = f"{command}-{now:%Y%m%d-%H%M%S}"
     for i in range(1, 10_000):
         path = root / (stem if i == 1 else f"{stem}-{i}")
