@@ -14,3 +14,14 @@ def simulate(cfg=None, *, data=None, **overrides):
     resume = overrides.pop("resume", False)
     values.update(overrides)
     return _simulate(build(RunConfig, values), resume=resume, data=data)
+
+
+def decentralized(cfg=None, **overrides):
+    """Train peers on a graph (CDProxSGT, DProxSGT, ChocoSGD, all-reduce) from a DecentralizedConfig
+    or keyword settings; returns the summary dict (its "history" holds the per-epoch metrics)."""
+    from .config import build, to_dict
+    from .decentralized import DecentralizedConfig, run_decentralized
+
+    values = to_dict(cfg) if cfg is not None else {}
+    values.update(overrides)
+    return run_decentralized(build(DecentralizedConfig, values))
