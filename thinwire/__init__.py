@@ -20,7 +20,7 @@ def decentralized(cfg=None, **overrides):
     """Train peers on a graph (CDProxSGT, DProxSGT, ChocoSGD, all-reduce) from a DecentralizedConfig
     or keyword settings; returns the summary dict (its "history" holds the per-epoch metrics)."""
     from .config import build, to_dict
-    from .decentralized import DecentralizedConfig, run_decentralized
+    from .gossip_engine import DecentralizedConfig, run_decentralized
 
     values = to_dict(cfg) if cfg is not None else {}
     values.update(overrides)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from . import config
-from .decentralized import DecentralizedConfig, run_decentralized
+from .gossip_engine import DecentralizedConfig, run_decentralized
 from .metrics import human_bytes
 
 
