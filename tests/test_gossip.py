@@ -122,3 +122,9 @@ def test_choco_and_allreduce_run_and_allreduce_keeps_consensus():
     assert all(torch.equal(s[0].x, p.x) for p in s)
     c = _run(AlgoConfig(algorithm="choco", codec="topk:fraction=0.3", gamma_x=0.5, lr=0.05, clip=0.0), steps=10)
     assert all(torch.isfinite(p.x).all() for p in c)
+
+
+def test_divergence_is_a_one_line_user_error():
+    from thinwire.gossip import Diverged
+    with pytest.raises(Diverged, match="diverged"):
+        _run(AlgoConfig(algorithm="cdproxsgt", codec="topk:fraction=0.3", lr=1e6, clip=0.0), dtype=torch.float32)

@@ -4,11 +4,11 @@ One implementation of each step, written for ONE peer: pure tensor math plus a `
 communicator that exchanges a message with the graph neighbours (and, for the all-reduce
 baseline, averages over everyone). The same `peer_step` runs in the single-process reference
 (`LocalNetwork`: one thread per peer, in-memory mailboxes) and on Ray actors over
-torch.distributed point-to-point (`DistNeighbourhood`), so the two give the same numbers.
+torch.distributed point-to-point (`thinwire.p2p.DistNeighbourhood`), so the two give the same numbers.
 
 Compressed messages travel as the codec's serialised `Encoded` bytes; a receiver decodes them
 with the sender's context (seed, step, sender rank), exactly as the sender decoded its own copy,
-so every public copy x-hat / y-hat and running sum s = sum_j w_ij hat_j stays consistent.
+so the public copies x-hat / y-hat of a peer are identical at the peer and at its neighbours.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 
 from thinwire.compression.base import Codec, Context, Encoded
 
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 from .reducer import parse_codec
 
 ALGORITHMS = ("cdproxsgt", "dproxsgt", "choco", "allreduce")
@@ -119,6 +119,15 @@ def mix(comm: Neighbourhood, v: torch.Tensor, state: PeerState) -> torch.Tensor:
     return out
 
 
+class Diverged(UserError):
+    """The iterates left the finite floats: a step size or consensus step too large for this codec."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"training diverged ({what} is no longer finite); allowed: a smaller --lr, --gamma-x/"
+                         "--gamma-y, or a contractive codec such as topk:fraction=F (unbiased codecs like qsgd "
+                         "need gamma well below 1)")
+
+
 def is_exact(codec: Codec) -> bool:
     """The identity codec at float32: decode(encode(u)) == u bit for bit."""
     return getattr(codec, "name", "") == "identity"
@@ -135,6 +144,8 @@ def compressed_gossip(comm: Neighbourhood, codec: Codec, v: torch.Tensor, name: 
     the identity codec and gamma = 1 reproduces DProxSGT bit for bit.
     """
     me = comm.rank
+    if not bool(torch.isfinite(v).all()):
+        raise Diverged(name)
     exact = is_exact(codec) and v.dtype == torch.float32
     mine = state.hat(name, me)
     enc = codec.encode(v if exact else v - mine, ctx_of(me))
@@ -275,5 +286,5 @@ def run_reference(states: Sequence[PeerState], grad_fns: Sequence[Callable[[int,
         raise (real or errors)[0]
 
 
-__all__ = ["ALGORITHMS", "AlgoConfig", "PeerState", "prox_l1", "clip_norm", "mix", "compressed_gossip", "peer_step",
+__all__ = ["ALGORITHMS", "AlgoConfig", "PeerState", "prox_l1", "clip_norm", "mix", "is_exact", "Diverged", "compressed_gossip", "peer_step",
            "LocalNetwork", "run_reference"]

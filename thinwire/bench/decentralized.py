@@ -27,7 +27,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "dproxsgt": {"algorithm": "dproxsgt"},
     "cdproxsgt-top30": {"algorithm": "cdproxsgt", "codec": "topk:fraction=0.3"},
     "cdproxsgt-top20": {"algorithm": "cdproxsgt", "codec": "topk:fraction=0.2"},
-    "cdproxsgt-qsgd16": {"algorithm": "cdproxsgt", "codec": "qsgd:levels=16"},
+    "cdproxsgt-eden4": {"algorithm": "cdproxsgt", "codec": "eden:bits=4"},
     "choco-top30": {"algorithm": "choco", "codec": "topk:fraction=0.3"},
 }
 
@@ -51,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from thinwire.gossip import Diverged
     from thinwire.gossip_engine import DecentralizedConfig, run_decentralized
 
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -71,7 +72,11 @@ def run(args: argparse.Namespace) -> int:
                                       batch_size=args.batch_size, lr=args.lr, l1=args.l1, gamma_x=args.gamma,
                                       gamma_y=args.gamma, engine=args.engine, progress=args.progress,
                                       plots=False, **METHODS[m])
-            s = run_decentralized(cfg)
+            try:
+                s = run_decentralized(cfg)
+            except Diverged as e:  # one unstable method must not hide the others' figures
+                print(f"{m} seed {seed}: {e}", flush=True)
+                continue
             tail = [r["accuracy"] for r in s["history"][-5:]]
             s["acc_last5"] = sum(tail) / len(tail)
             results[m].append(s)
@@ -94,10 +99,14 @@ def _ms(xs: list[float], scale: float = 1.0, fmt: str = "{:.2f}") -> str:
 
 def table(results: dict[str, list[dict[str, Any]]]) -> str:
     ref = results.get("dproxsgt")
+    ref = ref or None
     ref_acc = statistics.fmean(s["final_accuracy"] for s in ref) if ref else None
     ref_bytes = statistics.fmean(s["bytes_per_peer"] for s in ref) if ref else None
     rows = []
     for m, runs in results.items():
+        if not runs:
+            rows.append([m, "diverged"] + ["-"] * 10)
+            continue
         acc = [s["final_accuracy"] for s in runs]
         b = statistics.fmean(s["bytes_per_peer"] for s in runs)
         rows.append([m, runs[0]["codec"], _ms(acc, 100), _ms([s["acc_last5"] for s in runs], 100),
@@ -121,6 +130,8 @@ def plot(results: dict[str, list[dict[str, Any]]], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for m, runs in results.items():
+        if not runs:
+            continue
         n = min(len(s["history"]) for s in runs)
         ep = [runs[0]["history"][i]["epoch"] for i in range(n)]
         mean = lambda k: [statistics.fmean(s["history"][i][k] for s in runs) for i in range(n)]  # noqa: E731
