@@ -48,3 +48,14 @@ def simulate(cfg=None, *, data=None, test_data=None, resume: bool = False, force
     if fed is None:
         return _simulate(run_cfg, resume=resume)
     return _simulate(run_cfg, resume=resume, data=fed)
+
+
+def decentralized(cfg=None, **overrides):
+    """Train peers on a graph (CDProxSGT, DProxSGT, ChocoSGD, all-reduce) from a DecentralizedConfig
+    or keyword settings; returns the summary dict (its "history" holds the per-epoch metrics)."""
+    from .config import build, to_dict
+    from .gossip_engine import DecentralizedConfig, run_decentralized
+
+    values = to_dict(cfg) if cfg is not None else {}
+    values.update(overrides)
+    return run_decentralized(build(DecentralizedConfig, values))

@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "client": ("thinwire.client.command", "run one or many clients against a server"),
     "launch": ("thinwire.launch", "start server + client fleet as Ray actors (local or cluster)"),
     "allreduce": ("thinwire.collective_command", "data-parallel training with compressed all-reduce"),
+    "decentralized": ("thinwire.decentralized_command", "peers on a graph without a server: CDProxSGT, DProxSGT, "
+                      "ChocoSGD, all-reduce"),
     "bench": ("thinwire.bench", "benchmarks: sim, compression, wire, allreduce"),
     "plot": ("thinwire.plots", "render PNG plots from a run directory's metrics.jsonl"),
     "certs": ("thinwire.certs", "make a development CA and TLS certificates"),
