@@ -44,3 +44,14 @@ def test_unbiased_codec_without_feedback_accepts_any_optimizer():
     with pytest.raises(ConfigError, match="momentum"):
         with state.step_context(torch.optim.SGD(_params(), lr=0.1, momentum=0.9)):
             pass
+
+
+def test_step_context_leaves_a_plain_compressed_gradient_in_gradient_units():
+    _, state = thinwire.ddp.comm_hook(codec="eden:bits=2", feedback="none")
+    with state.step_context(torch.optim.SGD(_params(), lr=0.0, momentum=0.9)):  # e.g. warm-up from 0
+        assert state.lrs is None  # the hook will not divide by the lr
+    _, state = thinwire.ddp.comm_hook(codec="randblock:ratio=8", feedback="def")
+    opt = torch.optim.SGD(_params(), lr=0.1)
+    opt.add_param_group({"params": torch.nn.Linear(2, 1).parameters(), "lr": 0.01})
+    with state.step_context(opt):
+        assert sorted(set(state.lrs.values())) == [0.01, 0.1]  # per parameter group

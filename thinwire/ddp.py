@@ -77,11 +77,16 @@ class HookState:
     def residual(self, param: torch.nn.Parameter) -> torch.Tensor | None:
         return self.errors.get(id(param))
 
+    @property
+    def owns_the_step(self) -> bool:
+        """True when the hook applies the update rule (residuals or hook-side momentum / weight
+        decay) and the optimizer must be plain SGD; False for a plain compressed gradient."""
+        return self.feedback != "none" or self.momentum > 0 or self.weight_decay > 0
+
     def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """One-line ConfigError unless `optimizer` applies exactly x - lr * (what the hook returns)."""
-        hook_side = self.momentum > 0 or self.weight_decay > 0
-        if self.feedback == "none" and not hook_side:
-            return  # an unbiased compressed gradient: any optimizer may use it
+        if not self.owns_the_step:
+            return  # a compressed gradient (unbiased for EDEN): any optimizer may use it
         if type(optimizer) is not torch.optim.SGD:
             raise ConfigError("optimizer", f"{type(optimizer).__name__} with feedback {self.feedback!r}",
                               "torch.optim.SGD (momentum and weight decay go to comm_hook)")
@@ -100,6 +105,9 @@ class HookState:
         """Wrap one step's forward and backward: hands the hook each parameter's lr and, for DEF,
         holds y = x - coeff * e in the parameters (x again afterwards, for opt.step and evaluation)."""
         self.check_optimizer(optimizer)
+        if not self.owns_the_step:  # gradient units: the optimizer applies lr (and may be anything)
+            yield
+            return
         self.lrs = {id(p): float(g["lr"]) for g in optimizer.param_groups for p in g["params"]}
         if self.feedback not in NEEDS_LR or self.coeff == 0 or not self.errors:
             yield
