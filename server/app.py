@@ -20,7 +20,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -596,10 +596,6 @@ class ParameterServer:
 
     def config_json(self) -> str:
         return json.dumps(to_dict(self.cfg))
-
-
-def options_dict(opts: ServeOptions) -> dict[str, Any]:
-    return asdict(opts)
 
 
 __all__ = ["ParameterServer", "ServeOptions", "RoundState", "ACCEPTED_LOG"]

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import threading
@@ -13,6 +14,7 @@ import time
 from thinwire import config
 from thinwire.config import RunConfig, check_float, check_int
 from thinwire.errors import ConfigError
+from thinwire.rundir import resolve_run_dir
 from thinwire.security import add_tls_arguments, server_security
 
 from .app import ServeOptions
@@ -42,6 +44,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=d.threads, help="gRPC handler threads")
     g.add_argument("--linger", type=float, default=d.linger, help="seconds to keep serving FINISHED after the last round")
     parser.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    parser.add_argument("--force", action="store_true", help="overwrite the run directory --name if it holds a run")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     from thinwire.paths import make_dir
 
     cfg = config.from_args(RunConfig, args)
+    run_dir = resolve_run_dir(cfg.out_dir, cfg.name, command="server", resume=args.resume, force=args.force)
+    cfg = dataclasses.replace(cfg, out_dir=str(run_dir.parent), name=run_dir.name)
     opts = serve_options(args)
     security = server_security(args)
     make_dir("out_dir", cfg.run_dir)

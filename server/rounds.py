@@ -23,7 +23,7 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 
 from thinwire import checkpoint
-from thinwire.config import RunConfig, to_dict
+from thinwire.config import RunConfig, to_dict, write_resolved_config
 from thinwire.crash import crash_point
 from thinwire.errors import ConfigError
 from thinwire.metrics import MetricsWriter
@@ -35,7 +35,6 @@ from .strategy import Result, RoundView, Strategy
 
 log = logging.getLogger("thinwire.rounds")
 ACCEPTED_LOG = "accepted.jsonl"
-CONFIG_FILE = "config.toml"
 # Settings a resumed run may change: how long it runs and how it is watched, not what it computes.
 RESUMABLE_CHANGES = frozenset({"rounds", "progress", "workers", "ray_address", "eval_every", "tensorboard"})
 
@@ -67,6 +66,7 @@ class Lost:
 class Transport(Protocol):
     clock: str                 # "virtual" or "wall"
     segments: tuple[int, ...] | None
+    refusal_is_final: bool     # a refused client will not deliver again this round
 
     def candidates(self, rnd: int) -> list[int] | None: ...          # None: stop the run
     def open_round(self, rnd: int, vec: torch.Tensor, tasks: dict[int, Task]) -> None: ...
@@ -127,9 +127,10 @@ class RoundEngine:
             self.history = list(ckpt["history"])
             self.totals.update(ckpt["totals"])
             self.resumed_from = self.rounds_done
-        self.writer = MetricsWriter(self.run_dir, resume_after=self.rounds_done - 1 if ckpt is not None else None)
+        self.writer = MetricsWriter(self.run_dir, resume_after=self.rounds_done - 1 if ckpt is not None else None,
+                                    tensorboard=getattr(cfg, "tensorboard", False))
         (self.run_dir / ACCEPTED_LOG).write_text("".join(json.dumps(h) + "\n" for h in self.history))
-        write_config(self.run_dir, cfg)
+        write_resolved_config(self.run_dir, cfg)
         self.t0 = time.perf_counter()
 
     @property
@@ -156,6 +157,7 @@ class RoundEngine:
         finally:
             if bar is not None:
                 bar.close()
+            self.writer.close()
         return RunResult(self.run_dir, self.metrics, summarize(self.metrics) if self.metrics else {})
 
     def one_round(self) -> dict[str, Any] | None:
@@ -226,7 +228,7 @@ class RoundEngine:
             crash_point("after_fold", ev.round)
         except ValueError as e:
             ev.answer("refused", str(e))
-            if getattr(self.transport, "refusal_is_final", True) and current:
+            if self.transport.refusal_is_final and current:
                 view.lost.add(ev.client_id)
             return "refused"
         finally:
@@ -293,15 +295,6 @@ class RoundEngine:
 
 
 # -- run files ------------------------------------------------------------------------------------
-def write_config(run_dir: Path, cfg: Any) -> Path:
-    """The resolved config, as TOML any `--config` reads back (tomli-w: strings, lists, inf)."""
-    import tomli_w
-
-    path = Path(run_dir) / CONFIG_FILE
-    path.write_text(tomli_w.dumps({k: v for k, v in to_dict(cfg).items() if v is not None}))
-    return path
-
-
 def check_resume_config(stored: dict[str, Any] | None, current: dict[str, Any]) -> None:
     """Refuse to resume a run directory under different settings; names the fields that differ."""
     if stored is None:

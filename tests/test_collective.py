@@ -12,6 +12,7 @@ import torch
 from thinwire import config
 from thinwire.collective import (AllreduceConfig, batch_indices, finish, grad_point, init_state, lr_at, output_point,
                                  prepare, resolve_backend, simulate_step, step_blocks, steps_per_epoch, straggler_at)
+from thinwire.reducer import Reducer, simulate_mean
 from thinwire.compression.randblock import kept_count
 from thinwire.errors import ConfigError
 
@@ -39,11 +40,12 @@ def _run_sim(method: str, coeff: float, *, k=4, d=48, ratio=8.0, steps=60, lr=0.
              dtype=torch.float64, trace=False):
     grad_fn, x0 = _toy(k, d, dtype=dtype)
     states = [init_state(method, x0, coeff) for _ in range(k)]
+    reducer = Reducer("identity" if method == "sgd" else f"randblock:ratio={ratio}", seed=3)
     rows = []
     for t in range(steps):
-        blocks = None if method == "sgd" else step_blocks(_segments(d), ratio, seed=3, step=t)
         xhat = states[0].x - torch.stack([s.error for s in states]).mean(0)
-        simulate_step(states, grad_fn, lr=lr, momentum=mu, weight_decay=wd, blocks=blocks)
+        simulate_step(states, grad_fn, lr=lr, momentum=mu, weight_decay=wd, reducer=reducer, step=t,
+                      segments=_segments(d))
         if trace:
             mbar = torch.stack([s.m for s in states]).mean(0)
             xhat_next = states[0].x - torch.stack([s.error for s in states]).mean(0)
@@ -79,9 +81,11 @@ def test_residual_is_zero_on_the_sent_blocks():
     k, d = 3, 48
     grad_fn, x0 = _toy(k, d)
     states = [init_state("def", x0, 0.3) for _ in range(k)]
+    reducer = Reducer("randblock:ratio=8", seed=1)
     for t in range(5):
         blocks = step_blocks(_segments(d), 8.0, seed=1, step=t)
-        simulate_step(states, grad_fn, lr=0.1, momentum=0.9, weight_decay=0.0, blocks=blocks)
+        simulate_step(states, grad_fn, lr=0.1, momentum=0.9, weight_decay=0.0, reducer=reducer, step=t,
+                      segments=_segments(d))
     mask = torch.zeros(d, dtype=torch.bool)
     for s, n in blocks:
         mask[s:s + n] = True
@@ -119,7 +123,7 @@ def test_dense_sgd_matches_torch_sgd_on_the_combined_batch():
             torch.nn.functional.cross_entropy(model(xs[idx[r]]), ys[idx[r]]).backward()
             return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
 
-        simulate_step(states, grad_fn, lr=0.1, momentum=0.9, weight_decay=1e-3, blocks=None)
+        simulate_step(states, grad_fn, lr=0.1, momentum=0.9, weight_decay=1e-3, reducer=Reducer("identity"), step=t)
         allidx = torch.cat(idx)
         opt.zero_grad()
         torch.nn.functional.cross_entropy(ref(xs[allidx]), ys[allidx]).backward()
@@ -145,11 +149,18 @@ def test_prepare_finish_payload_is_one_buffer_of_the_blocks():
     segs = (2048, 1024, 1000, 24)
     blocks = step_blocks(segs, 64, seed=0, step=7)
     st = init_state("def", torch.zeros(d, dtype=torch.float32), 0.3)
-    payload = prepare(st, torch.ones(d), st.x, lr=0.1, momentum=0.9, weight_decay=0.0, blocks=blocks)
-    assert payload.dim() == 1 and payload.numel() == 32 + 16 + 15 + 1
-    assert torch.allclose(payload, torch.full_like(payload, 0.1))
-    finish(st, payload, lr=0.1, momentum=0.9, blocks=blocks)
-    assert math.isclose(float(-st.x.sum()), 0.1 * payload.numel(), rel_tol=1e-6)
+    p = prepare(st, torch.ones(d), st.x, lr=0.1, momentum=0.9, weight_decay=0.0)
+    reducer = Reducer("randblock:ratio=64", seed=0)
+    (red,) = simulate_mean(reducer, [p], step=7, segments=segs)
+    # the all-reduced buffer holds only the blocks: 4 bytes per kept value
+    assert red.payload_bytes == 4 * (32 + 16 + 15 + 1)
+    finish(st, p, red, lr=0.1, momentum=0.9)
+    assert math.isclose(float(-st.x.sum()), 0.1 * (32 + 16 + 15 + 1), rel_tol=1e-6)
+    # the residual is p with exactly the step's blocks zeroed
+    mask = torch.zeros(d, dtype=torch.bool)
+    for s0, n in blocks:
+        mask[s0:s0 + n] = True
+    assert torch.all(st.error[mask] == 0) and torch.allclose(st.error[~mask], torch.full_like(st.error[~mask], 0.1))
     # blocks are shared: any worker with the same seed and step draws the same ones
     assert step_blocks(segs, 64, seed=0, step=7) == blocks
     assert step_blocks(segs, 64, seed=0, step=8) != blocks
@@ -235,3 +246,10 @@ def test_installed_cli_exits_2_on_a_bad_ratio():
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert lines == ["thinwire allreduce: error: ratio: 0.0 is out of range; allowed: [1.0, inf]"], r.stderr
+
+
+@pytest.mark.parametrize("field,value,needle", [("codec", "zip", "codec"), ("feedback", "sometimes", "feedback")])
+def test_bad_codec_or_feedback_is_a_config_error(field, value, needle):
+    with pytest.raises(ConfigError) as ei:
+        config.load(AllreduceConfig, overrides={field: value})
+    assert str(ei.value).startswith(needle) and "\n" not in str(ei.value)

@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from thinwire.collective import AllreduceConfig, WorkerGroup, batch_indices, init_state, simulate_step, step_blocks
+from thinwire.collective import AllreduceConfig, WorkerGroup, batch_indices, init_state, simulate_step
+from thinwire.reducer import Reducer
 from thinwire.data import load_dataset
 from thinwire.models import build_model
 
@@ -111,7 +112,7 @@ def test_group_matches_simulation_and_iterate_averaging_identity(group, tmp_path
         mbar = torch.stack([s["m"] for s in cur]).mean(0)
         assert torch.allclose(xhat_next, xhat - 0.05 * mbar, atol=1e-5, rtol=0), t
         simulate_step(sim, _grad_fn(model, ds, t, 1, 16), lr=0.05, momentum=0.9, weight_decay=0.0,
-                      blocks=step_blocks(segs, 8.0, 1, t))
+                      reducer=Reducer("randblock:ratio=8.0", seed=1), step=t, segments=segs)
         for r in range(K):
             assert torch.allclose(cur[r]["x"], sim[r].x, atol=1e-5, rtol=0), (t, r)
             assert torch.allclose(cur[r]["e"], sim[r].error, atol=1e-5, rtol=0), (t, r)
@@ -162,3 +163,16 @@ def test_cli_end_to_end_writes_metrics_and_plots(tmp_path):
     assert len(rows) == 3 and rows[-1]["straggler_sleep"] > 0
     assert (tmp_path / "cli" / "accuracy_vs_bytes.png").exists()
     assert json.loads((tmp_path / "cli" / "summary.json").read_text())["steps"] == rows[-1]["step"]
+
+
+def test_eden_codec_runs_through_the_same_engine_with_all_gather(group, tmp_path):
+    """`thinwire allreduce --codec eden:bits=2 --feedback ef`: the Reducer's all-gather path, exact bytes."""
+    from thinwire.compression.bitpack import packed_size
+    from thinwire.compression.eden import chunk_sizes
+    from thinwire.compression.hadamard import next_pow2
+    cfg = _cfg(tmp_path, codec="eden:bits=2", feedback="ef", epochs=3, hidden=[64], name="eden")
+    s = group.run(cfg)
+    assert s["method"] == "ef" and s["collective"] == "all_gather"
+    chunks = chunk_sizes(s["params"])
+    assert s["bytes_per_step"] == packed_size(sum(next_pow2(n) for n in chunks), 2) + 4 * len(chunks)
+    assert s["final_accuracy"] > 0.6, s["final_accuracy"]  # chance is 0.1

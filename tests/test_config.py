@@ -69,3 +69,12 @@ def test_cli_exit_2_one_line_no_traceback(args, field):
     lines = [line for line in p.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in p.stderr
     assert f"error: {field}:" in lines[0]
+
+
+def test_resolved_config_is_valid_toml_that_loads_back(tmp_path):
+    from thinwire.config import load, write_resolved_config
+
+    cfg = RunConfig(name='a "quoted" name', out_dir=str(tmp_path), hidden=[32, 16], codec="eden:bits=2",
+                    data_path='C:\\data "x"').validate()
+    path = write_resolved_config(tmp_path, cfg)
+    assert load(RunConfig, str(path)) == cfg

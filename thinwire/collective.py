@@ -5,30 +5,29 @@ has a GPU, gloo otherwise). Every step each worker
 
 1. reads its model at the gradient point y (x for sgd/ef, x - c*e for def/defa),
 2. takes a minibatch gradient and adds weight decay at y,
-3. sgd: all-reduces the dense gradient (one flat buffer), then applies momentum SGD;
-   ef/def/defa: updates its local momentum m, forms p = e + lr*m, packs the shared random blocks
-   of all tensors into one buffer, all-reduces it (one call), keeps e' = p - C(p) and moves the
-   shared model x <- x - mean_k C(p_k),
+3. sgd: averages the gradient through the codec (identity by default: one dense all-reduce), then
+   applies momentum SGD; none/ef/def/defa: updates its local momentum m, forms p = e + lr*m,
+   averages C(p) over the group with the collective that fits the codec (`thinwire.reducer`:
+   random blocks -> one all-reduce of the shared blocks, EDEN -> all-gather and one inverse
+   rotation, others -> all-gather), keeps e' = p - C(p) and moves x <- x - mean_k C(p_k),
 4. averages floating BatchNorm buffers in full precision.
 
 Evaluation reads the shared model x (sgd, ef, def) or, for DEF-A, the averaged virtual iterate
 x - mean_k e_k, which costs one full-precision all-reduce of the residuals at evaluation only
 (spec "DEF-A (found)" section D; the paper's own DEF-A rule is not confirmed).
 
-The per-step math is in `WorkerState`, `prepare` and `finish` (tensors only, no processes), so the
-same code runs inside the actors and in the K-worker simulation `simulate_step` used by tests.
+The per-step math is in `WorkerState`, `prepare` and `finish` (tensors only, no processes) around
+one `Reducer` call, so the same code runs inside the actors and in the K-worker simulation
+`simulate_step` used by tests. The DDP hook (`thinwire.ddp`) uses the same `Reducer`.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
-import math
 import os
-import socket
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -38,15 +37,17 @@ import torch.nn.functional as F
 
 from thinwire.compression.base import Context
 from thinwire.compression.feedback import Memory, make_memory
-from thinwire.compression.randblock import Block, block_slices, gather, kept_count, scatter
+from thinwire.compression.randblock import Block, block_slices
 
-from .config import _f, check_choice, check_float, check_int, check_model
-from .errors import ConfigError, UserError
+from .config import _f, check_choice, check_float, check_int, check_model, write_resolved_config
+from .errors import ConfigError
+from .peers import BACKENDS, Peer, PeerGroup, free_port, resolve_backend  # noqa: F401  (re-exported)
+from .reducer import Reduced, Reducer, parse_codec, simulate_mean
 
 log = logging.getLogger(__name__)
 
-METHODS = ("sgd", "ef", "def", "defa")
-BACKENDS = ("auto", "gloo", "nccl")
+METHODS = ("sgd", "none", "ef", "def", "defa")
+FEEDBACKS = ("", "none", "ef", "def", "defa")
 ALLREDUCE_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "npz")
 
 
@@ -54,14 +55,19 @@ ALLREDUCE_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "npz")
 @dataclass
 class AllreduceConfig:
     # run
-    name: str = _f("allreduce", "run name; outputs go to OUT_DIR/NAME")
+    name: str = _f("", "run name; outputs go to OUT_DIR/NAME, which must be new unless --force "
+                   "(empty = a new OUT_DIR/allreduce-DATE-TIME); OUT_DIR/latest links to the newest run")
     out_dir: str = _f("runs", "directory holding run directories")
     seed: int = _f(0, "seed for data split, init, shuffling, random blocks and stragglers")
     # collective
     workers: int = _f(4, "number of data-parallel workers (Ray actors, one process-group rank each)")
     backend: str = _f("auto", "torch.distributed backend: auto = nccl if every worker has a GPU, else gloo",
                       choices=BACKENDS)
-    method: str = _f("def", "sgd (dense all-reduce), ef, def or defa (random-block all-reduce)", choices=METHODS)
+    method: str = _f("def", "sgd (averaged gradient, momentum after), or none, ef, def, defa (local momentum, "
+                     "compressed step with that error feedback)", choices=METHODS)
+    codec: str = _f("", "codec of the averaged message, e.g. eden:bits=2, topk:fraction=0.01 (empty = identity "
+                    "for sgd, randblock:ratio=RATIO otherwise)")
+    feedback: str = _f("", "error feedback none, ef, def or defa; overrides --method when given", choices=FEEDBACKS)
     ratio: float = _f(64.0, "random-block compression ratio: each tensor sends max(1, numel // ratio) values")
     coeff: float = _f(0.3, "DEF detach coefficient c: gradients at x - c*e (0 = EF)")
     # data and model
@@ -92,13 +98,15 @@ class AllreduceConfig:
     plots: bool = _f(True, "write PNG plots into the run directory")
 
     def validate(self) -> "AllreduceConfig":
-        if not self.name or "/" in self.name:
-            raise ConfigError("name", f"bad run name {self.name!r}", "a non-empty name without '/'")
+        from .rundir import check_run_name
+        check_run_name(self.name)
         check_int("seed", self.seed, 0)
         check_int("workers", self.workers, 1)
         check_choice("backend", self.backend, BACKENDS)
         check_choice("method", self.method, METHODS)
+        check_choice("feedback", self.feedback, FEEDBACKS)
         check_float("ratio", self.ratio, 1.0)
+        parse_codec(self.codec_spec)
         check_float("coeff", self.coeff, 0.0, 1.0)
         check_choice("dataset", self.dataset, ALLREDUCE_DATASETS)
         if self.dataset != "digits" and not self.data_path:
@@ -142,7 +150,18 @@ class AllreduceConfig:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
+        return Path(self.out_dir) / (self.name or "allreduce")  # the command resolves it: thinwire.rundir
+
+    @property
+    def kind(self) -> str:
+        """The method actually run: --feedback when given, else --method."""
+        return self.feedback or self.method
+
+    @property
+    def codec_spec(self) -> str:
+        if self.codec:
+            return self.codec
+        return "identity" if self.kind == "sgd" else f"randblock:ratio={self.ratio!r}"
 
 
 # -- pure schedule helpers ---------------------------------------------------------------------
@@ -191,7 +210,7 @@ def step_blocks(segments: Sequence[int], ratio: float, seed: int, step: int) -> 
 class WorkerState:
     """One worker's optimiser state over the flat parameter vector.
 
-    x is the shared model (identical on every worker), m the momentum (local for ef/def/defa,
+    x is the shared model (identical on every worker), m the momentum (local for none/ef/def/defa,
     the momentum of the mean gradient for sgd), `memory` the error-feedback residual e.
     """
 
@@ -215,38 +234,39 @@ def init_state(method: str, x0: torch.Tensor, coeff: float = 0.3) -> WorkerState
 
 
 def grad_point(state: WorkerState) -> torch.Tensor:
-    """Where the gradient is taken: x (sgd, ef) or y = x - c*e (def, defa)."""
+    """Where the gradient is taken: x (sgd, none, ef) or y = x - c*e (def, defa)."""
     return state.x if state.memory is None else state.memory.eval_point(state.x)
 
 
 def prepare(state: WorkerState, grad: torch.Tensor, y: torch.Tensor, *, lr: float, momentum: float,
-            weight_decay: float, blocks: Sequence[Block] | None) -> torch.Tensor:
-    """Local half of a step; returns the buffer to all-reduce (sum).
+            weight_decay: float) -> torch.Tensor:
+    """Local half of a step; returns the message p whose compressed mean the group forms.
 
-    sgd: the dense gradient g + wd*y. ef/def/defa: m <- mu*m + g, p = e + lr*m, the block values
-    of p packed into one buffer, and e' = p - C(p) stored.
+    sgd: the gradient g + wd*y. none/ef/def/defa: m <- mu*m + g, p = e + lr*m.
     """
     g = grad + weight_decay * y if weight_decay else grad.clone()
     if state.memory is None:
         return g
-    if blocks is None:
-        raise ValueError("blocks: compressed methods need the step's random blocks")
     state.m.mul_(momentum).add_(g)
-    p = state.memory.message(state.m, lr)
-    payload = gather(p, blocks)
-    state.memory.update_blocks(p, blocks)
-    return payload
+    return state.memory.message(state.m, lr)
 
 
-def finish(state: WorkerState, mean_payload: torch.Tensor, *, lr: float, momentum: float,
-           blocks: Sequence[Block] | None) -> None:
-    """Shared half of a step, given the all-reduced mean of the payloads: move x."""
+def finish(state: WorkerState, p: torch.Tensor, reduced: Reduced, *, lr: float, momentum: float) -> None:
+    """Shared half of a step, given this rank's `Reducer.mean` of p: keep e' = p - C(p), move x."""
     if state.memory is None:
-        state.m.mul_(momentum).add_(mean_payload)
+        state.m.mul_(momentum).add_(reduced.mean)
         state.x.sub_(lr * state.m)
     else:
-        assert blocks is not None
-        state.x.sub_(scatter(mean_payload, blocks, state.x.numel()))
+        if state.memory.keeps_residual:
+            assert reduced.local is not None
+            state.memory.update(p, reduced.local)
+        else:
+            state.memory.steps += 1
+        state.x.sub_(reduced.mean)
+
+
+def needs_local(state: WorkerState) -> bool:
+    return state.memory is not None and state.memory.keeps_residual
 
 
 def output_point(state: WorkerState, mean_error: torch.Tensor | None = None) -> torch.Tensor:
@@ -256,21 +276,18 @@ def output_point(state: WorkerState, mean_error: torch.Tensor | None = None) -> 
     return state.memory.output_point(state.x, mean_error)
 
 
-def payload_numel(method: str, numel: int, blocks: Sequence[Block] | None) -> int:
-    return numel if method == "sgd" else kept_count(blocks or ())
-
-
 def simulate_step(states: Sequence[WorkerState], grad_fn: Callable[[int, torch.Tensor], torch.Tensor], *,
-                  lr: float, momentum: float, weight_decay: float, blocks: Sequence[Block] | None) -> None:
+                  lr: float, momentum: float, weight_decay: float, reducer: Reducer, step: int,
+                  segments: Sequence[int] | None = None) -> list[Reduced]:
     """One synchronous step of K workers in one process: what the process group computes."""
-    payloads = []
+    ps = []
     for k, st in enumerate(states):
         y = grad_point(st)
-        payloads.append(prepare(st, grad_fn(k, y), y, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                blocks=blocks))
-    mean = torch.stack(payloads).sum(0) / len(states)
-    for st in states:
-        finish(st, mean, lr=lr, momentum=momentum, blocks=blocks)
+        ps.append(prepare(st, grad_fn(k, y), y, lr=lr, momentum=momentum, weight_decay=weight_decay))
+    reduced = simulate_mean(reducer, ps, step=step, segments=segments, need_local=needs_local(states[0]))
+    for st, p, r in zip(states, ps, reduced):
+        finish(st, p, r, lr=lr, momentum=momentum)
+    return reduced
 
 
 # -- model <-> flat vector ------------------------------------------------------------------------
@@ -291,75 +308,13 @@ def float_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
     return [b for b in model.buffers() if b.is_floating_point()]
 
 
-# -- backend selection ---------------------------------------------------------------------------
-def resolve_backend(backend: str, gpus: float, workers: int) -> str:
-    """auto -> nccl when the cluster has a GPU per worker, else gloo; nccl without GPUs is an error."""
-    check_choice("backend", backend, BACKENDS)
-    enough = gpus >= workers and torch.distributed.is_nccl_available()
-    if backend == "auto":
-        return "nccl" if enough else "gloo"
-    if backend == "nccl" and not enough:
-        why = f"{int(gpus)} GPU(s) visible for {workers} worker(s)" if gpus < workers else \
-            "this torch build has no NCCL"
-        raise ConfigError("backend", f"nccl needs one GPU per worker, but {why}", "gloo, auto")
-    return backend
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def _loopback_ifname() -> str | None:
-    try:
-        names = [n for _, n in socket.if_nameindex()]
-    except OSError:
-        return None
-    for n in ("lo", "lo0"):
-        if n in names:
-            return n
-    return None
-
-
 # -- the worker actor -------------------------------------------------------------------------------
-class CollectiveWorker:
+class CollectiveWorker(Peer):
     """One process-group rank. Wrapped with `ray.remote` by `WorkerGroup`; thin around the step math."""
 
     def __init__(self, rank: int, world: int, backend: str, threads: int = 1) -> None:
-        torch.set_num_threads(threads)
-        self.rank, self.world, self.backend = rank, world, backend
-        self.device = torch.device("cpu")
-        if backend == "nccl":
-            # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU, so the local index is 0.
-            local_rank = 0
-            torch.cuda.set_device(local_rank)
-            self.device = torch.device("cuda", local_rank)
+        super().__init__(rank, world, backend, threads)
         self.cfg: AllreduceConfig | None = None
-
-    # rendezvous -------------------------------------------------------------------------------
-    def node_ip(self) -> str:
-        import ray
-        return ray.util.get_node_ip_address()
-
-    def free_port(self) -> int:
-        return free_port("0.0.0.0")
-
-    def init_group(self, init_method: str, local: bool, timeout_s: float = 120.0) -> int:
-        import datetime
-        import torch.distributed as dist
-        if local and self.backend == "gloo" and "GLOO_SOCKET_IFNAME" not in os.environ:
-            ifname = _loopback_ifname()
-            if ifname:
-                os.environ["GLOO_SOCKET_IFNAME"] = ifname
-        dist.init_process_group(self.backend, init_method=init_method, rank=self.rank, world_size=self.world,
-                                timeout=datetime.timedelta(seconds=timeout_s))
-        return self.rank
-
-    def shutdown(self) -> None:
-        import torch.distributed as dist
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
     # run setup -------------------------------------------------------------------------------------
     def configure(self, cfg_dict: dict[str, Any]) -> dict[str, Any]:
@@ -388,7 +343,8 @@ class CollectiveWorker:
             self._set_buffers(flat)
         self.segments = param_segments(self.model)
         self.numel = int(x0.numel())
-        self.state = init_state(cfg.method, x0, cfg.coeff)
+        self.state = init_state(cfg.kind, x0, cfg.coeff)
+        self.reducer = Reducer(cfg.codec_spec, seed=cfg.seed)
         self.spe = steps_per_epoch(len(self.y_train), self.world, cfg.batch_size)
         if self.spe < 1:
             raise ConfigError("batch_size", f"{self.world} workers x batch {cfg.batch_size} exceeds the "
@@ -397,10 +353,9 @@ class CollectiveWorker:
         self.step = 0
         self.bytes_total = 0
         itemsize = x0.element_size()
-        blocks = None if cfg.method == "sgd" else step_blocks(self.segments, cfg.ratio, cfg.seed, 0)
         return {"numel": self.numel, "segments": list(self.segments), "steps_per_epoch": self.spe,
                 "total_steps": self.total_steps, "dense_bytes": self.numel * itemsize,
-                "payload_bytes": payload_numel(cfg.method, self.numel, blocks) * itemsize,
+                "collective": self.reducer.plan.collective, "codec": cfg.codec_spec,
                 "buffer_bytes": sum(b.numel() * b.element_size() for b in bufs),
                 "device": str(self.device), "backend": self.backend}
 
@@ -413,14 +368,16 @@ class CollectiveWorker:
 
     # training ----------------------------------------------------------------------------------------
     def train(self, n_steps: int) -> dict[str, Any]:
-        """Run n synchronous steps; returns sums of losses and timings for the driver's metrics."""
+        """Run n synchronous steps; returns sums of losses and timings for the driver's metrics.
+
+        allreduce_time is the whole `Reducer.mean` call: encode, collective(s), decode."""
         import torch.distributed as dist
         cfg = self.cfg
         assert cfg is not None
         st = self.state
         bufs = float_buffers(self.model)
         sums = {"loss": 0.0, "step_time": 0.0, "compute_time": 0.0, "allreduce_time": 0.0, "sleep_time": 0.0,
-                "bytes": 0, "buffer_bytes": 0, "steps": 0, "straggled": 0}
+                "bytes": 0, "wire_bytes": 0.0, "buffer_bytes": 0, "steps": 0, "straggled": 0}
         self.model.train()
         for _ in range(n_steps):
             if self.step >= self.total_steps:
@@ -446,16 +403,14 @@ class CollectiveWorker:
                 time.sleep(nap)
                 sums["sleep_time"] += nap
                 sums["straggled"] += 1
-            blocks = None if st.method == "sgd" else step_blocks(self.segments, cfg.ratio, cfg.seed, t)
-            payload = prepare(st, grad, y, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                              blocks=blocks)
+            p = prepare(st, grad, y, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
             t2 = time.perf_counter()
-            dist.all_reduce(payload)  # one call: all tensors' blocks (or the dense gradient) in one buffer
+            # one call: compress, the codec's collective over all tensors in one buffer, decode
+            red = self.reducer.mean(p, step=t, segments=self.segments, need_local=needs_local(st))
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             t3 = time.perf_counter()
-            payload.div_(self.world)
-            finish(st, payload, lr=lr, momentum=cfg.momentum, blocks=blocks)
+            finish(st, p, red, lr=lr, momentum=cfg.momentum)
             if bufs:  # BatchNorm statistics: full-precision average every step
                 flat = torch.cat([b.reshape(-1) for b in bufs])
                 dist.all_reduce(flat)
@@ -464,7 +419,8 @@ class CollectiveWorker:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             t4 = time.perf_counter()
-            nbytes = payload.numel() * payload.element_size()
+            nbytes = red.payload_bytes
+            sums["wire_bytes"] += red.wire_bytes
             sums["loss"] += float(loss.detach())
             sums["step_time"] += t4 - t0
             sums["compute_time"] += t1 - t0
@@ -525,87 +481,15 @@ class CollectiveWorker:
 
 
 # -- the driver -----------------------------------------------------------------------------------
-def _local_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - macOS
-        return max(1, os.cpu_count() or 1)
-
-
-class WorkerGroup:
-    """K Ray actors joined in one process group; runs any number of configs of that size in turn."""
+class WorkerGroup(PeerGroup):
+    """K `CollectiveWorker` actors joined in one process group; runs any number of configs of that size in turn."""
 
     def __init__(self, workers: int, backend: str = "auto", *, ray_address: str = "", threads: int = 1,
                  port: int = 0) -> None:
-        import ray
-        check_int("workers", workers, 1)
-        check_choice("backend", backend, BACKENDS)
-        if backend == "nccl" and not ray_address and not ray.is_initialized() and not torch.cuda.is_available():
-            raise ConfigError("backend", "nccl needs one GPU per worker, but this machine has no CUDA GPU",
-                              "gloo, auto")
-        self._owns_ray = False
-        if not ray.is_initialized():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                if ray_address:
-                    ray.init(address=ray_address, include_dashboard=False, logging_level=logging.WARNING)
-                else:
-                    ray.init(num_cpus=_local_cpus(), include_dashboard=False, logging_level=logging.WARNING)
-            self._owns_ray = True
-        res = ray.cluster_resources()
-        self.backend = resolve_backend(backend, float(res.get("GPU", 0.0)), workers)
-        self.workers = workers
-        cpus = float(res.get("CPU", 1.0))
-        opts: dict[str, Any] = {"num_cpus": min(1.0, cpus / workers)}
-        if self.backend == "nccl":
-            opts["num_gpus"] = 1
-        remote_cls = ray.remote(CollectiveWorker)
-        self.actors = [remote_cls.options(**opts).remote(r, workers, self.backend, threads) for r in range(workers)]
-        try:
-            ip0 = ray.get(self.actors[0].node_ip.remote())
-            local = ip0 == ray.util.get_node_ip_address()
-            if local:  # single node: rendezvous on loopback, port found by the driver
-                host, p = "127.0.0.1", port or free_port("127.0.0.1")
-            else:  # multi-node: the rank-0 actor's node IP and a port free there
-                host, p = ip0, port or ray.get(self.actors[0].free_port.remote())
-            ray.get([a.init_group.remote(f"tcp://{host}:{p}", local) for a in self.actors])
-        except Exception:
-            self.close()
-            raise
+        super().__init__(CollectiveWorker, workers, backend, ray_address=ray_address, threads=threads, port=port)
 
     def __enter__(self) -> "WorkerGroup":
         return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def close(self) -> None:
-        import ray
-        for a in getattr(self, "actors", []):
-            try:
-                ray.get(a.shutdown.remote(), timeout=30)
-            except Exception:  # an actor that already died has nothing to shut down
-                pass
-            ray.kill(a)
-        self.actors = []
-        if self._owns_ray:
-            ray.shutdown()
-            self._owns_ray = False
-
-    def call(self, method: str, *args: Any) -> list[Any]:
-        """Call a worker method on every rank (collectives need all of them) and wait.
-
-        A user error raised inside a worker (bad model factory, unreadable data) is re-raised as
-        itself, so the CLI prints one line instead of a remote traceback.
-        """
-        import ray
-        try:
-            return ray.get([getattr(a, method).remote(*args) for a in self.actors])
-        except ray.exceptions.RayTaskError as e:
-            cause = getattr(e, "cause", None)
-            if isinstance(cause, UserError):
-                raise cause from None
-            raise
 
     def time_allreduce(self, numel: int, iters: int = 100) -> dict[str, float]:
         res = self.call("time_allreduce", int(numel), int(iters))
@@ -624,20 +508,23 @@ class WorkerGroup:
         every = cfg.eval_every or spe
         run_dir = cfg.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-        eval_point = "x - mean_k e_k" if cfg.method == "defa" else "x"
+        write_resolved_config(run_dir, cfg)
+        method = cfg.kind
+        eval_point = "x - mean_k e_k" if method == "defa" else "x"
         history: list[dict[str, Any]] = []
-        cum = {"bytes": 0, "steps": 0, "step_time": 0.0, "allreduce_time": 0.0, "compute_time": 0.0}
+        cum = {"bytes": 0, "wire_bytes": 0.0, "steps": 0, "step_time": 0.0, "allreduce_time": 0.0,
+               "compute_time": 0.0}
         t_start = time.perf_counter()
         with open(run_dir / "metrics.jsonl", "w") as fh, \
-                tqdm(total=total, desc=f"{cfg.name} {cfg.method}", unit="step", disable=not cfg.progress,
+                tqdm(total=total, desc=f"{cfg.name} {method}", unit="step", disable=not cfg.progress,
                      leave=False) as bar:
             def record(stats: list[dict[str, Any]] | None) -> None:
                 ev = self.call("evaluate")[0]
                 step = cum["steps"]
-                row: dict[str, Any] = {"step": step, "epoch": step / spe, "method": cfg.method,
-                                       "accuracy": ev["accuracy"], "loss": ev["loss"], "bytes": cum["bytes"],
-                                       "bytes_per_step": info["payload_bytes"],
+                row: dict[str, Any] = {"step": step, "epoch": step / spe, "method": method,
+                                       "codec": info["codec"], "accuracy": ev["accuracy"], "loss": ev["loss"],
+                                       "bytes": cum["bytes"], "wire_bytes": cum["wire_bytes"],
+                                       "bytes_per_step": _per_step(cum["bytes"], step),
                                        "dense_bytes_per_step": info["dense_bytes"], "eval_point": eval_point,
                                        "eval_allreduce_bytes": ev["eval_allreduce_bytes"],
                                        "elapsed": time.perf_counter() - t_start}
@@ -662,6 +549,7 @@ class WorkerGroup:
                 r0 = stats[0]
                 cum["steps"] += r0["steps"]
                 cum["bytes"] += r0["bytes"]
+                cum["wire_bytes"] += r0["wire_bytes"]
                 for k in ("step_time", "allreduce_time", "compute_time"):
                     cum[k] += r0[k]
                 bar.update(r0["steps"])
@@ -671,22 +559,34 @@ class WorkerGroup:
                     record(merged)
         steps = max(1, cum["steps"])
         final = history[-1]
-        summary = {"name": cfg.name, "method": cfg.method, "workers": cfg.workers, "backend": info["backend"],
-                   "ratio": cfg.ratio if cfg.method != "sgd" else 1.0, "coeff": cfg.coeff, "seed": cfg.seed,
+        per_step = _per_step(cum["bytes"], cum["steps"])
+        summary = {"name": cfg.name, "method": method, "codec": info["codec"], "collective": info["collective"],
+                   "workers": cfg.workers, "backend": info["backend"],
+                   "ratio": cfg.ratio if info["codec"].startswith("randblock") else 1.0, "coeff": cfg.coeff,
+                   "seed": cfg.seed,
                    "dataset": cfg.dataset, "model": cfg.model, "params": info["numel"], "steps": cum["steps"],
                    "epochs": cfg.epochs, "final_accuracy": final["accuracy"], "final_loss": final["loss"],
                    "best_accuracy": max(r["accuracy"] for r in history),
-                   "bytes_per_step": info["payload_bytes"], "dense_bytes_per_step": info["dense_bytes"],
+                   "bytes_per_step": per_step, "dense_bytes_per_step": info["dense_bytes"],
+                   "wire_bytes_per_step": cum["wire_bytes"] / steps,
                    "buffer_bytes_per_step": info["buffer_bytes"], "total_bytes": cum["bytes"],
-                   "bytes_fraction": info["payload_bytes"] / info["dense_bytes"],
+                   "bytes_fraction": (per_step or 0) / info["dense_bytes"],
                    "step_time": cum["step_time"] / steps, "allreduce_time": cum["allreduce_time"] / steps,
                    "compute_time": cum["compute_time"] / steps, "wall_time": time.perf_counter() - t_start,
                    "eval_point": eval_point, "run_dir": str(run_dir), "history": history}
         (run_dir / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "history"},
                                                          indent=2) + "\n")
         if cfg.plots:
-            plot_runs({cfg.method: [history]}, run_dir, title=f"{cfg.name}: {cfg.method}, {cfg.workers} workers")
+            plot_runs({method: [history]}, run_dir, title=f"{cfg.name}: {method} {info['codec']}, "
+                                                          f"{cfg.workers} workers")
         return summary
+
+
+def _per_step(total: int, steps: int) -> int | float | None:
+    """Bytes per step: exact integer when every step sent the same, else the mean; None before any step."""
+    if steps <= 0:
+        return None
+    return total // steps if total % steps == 0 else total / steps
 
 
 def _merge_stats(chunks: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -747,6 +647,6 @@ def run_allreduce(cfg: AllreduceConfig) -> dict[str, Any]:
 
 
 __all__ = ["AllreduceConfig", "WorkerState", "WorkerGroup", "CollectiveWorker", "run_allreduce", "init_state",
-           "grad_point", "prepare", "finish", "output_point", "simulate_step", "lr_at", "batch_indices",
-           "steps_per_epoch", "straggler_at", "step_blocks", "resolve_backend", "plot_runs", "METHODS",
-           "BACKENDS"]
+           "grad_point", "prepare", "finish", "needs_local", "output_point", "simulate_step", "lr_at",
+           "batch_indices", "steps_per_epoch", "straggler_at", "step_blocks", "resolve_backend", "plot_runs",
+           "METHODS", "BACKENDS"]

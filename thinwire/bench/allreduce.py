@@ -184,13 +184,13 @@ def _print_suite(ds: str, args: argparse.Namespace, table: dict[str, Any], timin
     print(f"\n== {ds}, {args.model} ({first['params']} params), {args.workers} {backend} workers, "
           f"batch {args.batch_size}/worker, {first['steps']} steps ({first['epochs']} epochs), ratio "
           f"{args.ratio:g}, c={args.coeff:g}, seeds {args.seeds}")
-    hdr = f"{'method':<14}{'final acc (mean ± sd)':>24}  {'per seed':<24}{'B/step':>9}{'of dense':>10}" \
+    hdr = f"{'method':<14}{'final acc, fraction (mean ± sd)':>32}  {'per seed':<24}{'B/step':>9}{'of dense':>10}" \
           f"{'step ms':>9}{'allred ms':>11}{'compute ms':>12}  eval at"
     print(hdr)
     print("-" * len(hdr))
     for label, v in table.items():
-        per = " ".join(f"{100 * a:.1f}" for a in v["final_accuracy"])
-        print(f"{label:<14}{100 * v['mean']:>16.2f} ± {100 * v['sd']:<5.2f}  {per:<24}{v['bytes_per_step']:>9}"
+        per = " ".join(f"{a:.3f}" for a in v["final_accuracy"])
+        print(f"{label:<14}{v['mean']:>24.4f} ± {v['sd']:<6.4f}  {per:<24}{v['bytes_per_step']:>9}"
               f"{v['bytes_fraction']:>10.4f}{1e3 * v['step_time']:>9.2f}{1e3 * v['allreduce_time']:>11.2f}"
               f"{1e3 * v['compute_time']:>12.2f}  {v['eval_point']}")
     line = f"all_reduce alone (median of {TIMING_ROUNDS} alternating rounds, {args.timing_iters} calls each): dense {timing['dense_bytes']} B " \
