@@ -206,7 +206,7 @@ class FedAvgM(FedAvg):
 # -- registry ---------------------------------------------------------------------------------
 _REGISTRY: dict[str, Callable[[Any], Strategy]] = {"fedavg": FedAvg, "fedavgm": FedAvgM}
 #: built-in strategies defined in their own modules, imported on first use: name -> module
-BUILTIN_MODULES: dict[str, str] = {}
+BUILTIN_MODULES: dict[str, str] = {name: "thinwire.server.sgc_strategy" for name in ("uncoded", "gc", "sr-sgc", "m-sgc")}
 
 
 def register(name: str, factory: Callable[[Any], Strategy] | None = None):

@@ -27,24 +27,60 @@ def set_param_vector(model: nn.Module, vec: torch.Tensor) -> None:
             off += k
 
 
-def range_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lo: int, hi: int, total: int) -> torch.Tensor:
-    """Flat float64 gradient of sum(loss over samples lo..hi-1) / total."""
+def job_indices(seed: int, job: int, n_train: int, batch: int) -> torch.Tensor:
+    """The full-job batch of job `job`: `batch` training-set indices drawn (with replacement) from
+    a generator seeded by (seed, job), so master, workers and the uncoded baseline agree."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(job))
+    return torch.randint(int(n_train), (int(batch),), generator=g)
+
+
+def flat_grad(model: nn.Module) -> torch.Tensor:
+    """float64 gradient laid out like the model's flat vector (thinwire.training.get_flat: the float
+    state-dict entries in order; buffers such as BN statistics get zero)."""
+    from thinwire.training import state_items
+
+    params = dict(model.named_parameters())
+    out = []
+    for name, t in state_items(model):
+        p = params.get(name)
+        g = p.grad if p is not None and p.grad is not None else None
+        out.append((g if g is not None else torch.zeros_like(t)).reshape(-1).double())
+    return torch.cat(out)
+
+
+def range_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lo: int, hi: int, total: int,
+                   ) -> tuple[torch.Tensor, float]:
+    """(flat float64 gradient, value) of sum(loss over samples lo..hi-1) / total."""
     model.zero_grad(set_to_none=True)
     loss = F.cross_entropy(model(x[lo:hi]), y[lo:hi], reduction="sum") / total
     loss.backward()
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).double()
-                      for p in model.parameters()])
+    return flat_grad(model), float(loss.detach())
 
 
 def coded_message(model: nn.Module, x: torch.Tensor, y: torch.Tensor, segments, total: int) -> torch.Tensor:
-    """sum over (lo, hi, coef) of coef * range_gradient: one worker's message for one unit."""
+    """One worker's message for one unit: sum over (lo, hi, coef) of coef * [range gradient, range
+    loss] (float64, flat model layout + 1). Decoding the last entry gives the job's mean loss."""
     out = None
     for lo, hi, coef in segments:
-        g = range_gradient(model, x, y, lo, hi, total)
-        out = g.mul_(coef) if out is None else out.add_(g, alpha=coef)
+        g, loss = range_gradient(model, x, y, int(lo), int(hi), total)
+        part = torch.cat([g, torch.tensor([loss], dtype=torch.float64)])
+        out = part.mul_(float(coef)) if out is None else out.add_(part, alpha=float(coef))
     if out is None:
-        out = torch.zeros(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+        from thinwire.training import get_flat
+        out = torch.zeros(get_flat(model).numel() + 1, dtype=torch.float64)
     return out
+
+
+def split_hi_lo(v: torch.Tensor) -> torch.Tensor:
+    """float64 -> (2, d) float32 [hi, lo] with hi + lo == v to ~48 bits: what the float32 identity
+    codec carries losslessly (decoding coefficients reach ~1e4, so float32 alone would not do)."""
+    hi = v.float()
+    return torch.stack([hi, (v - hi.double()).float()])
+
+
+def join_hi_lo(t: torch.Tensor) -> torch.Tensor:
+    t = t.reshape(2, -1)
+    return t[0].double() + t[1].double()
 
 
 def partition_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bounds, total: int) -> torch.Tensor:

@@ -114,10 +114,9 @@ class _Trainer:
         self.max_rel_err = 0.0
 
     def job_batch(self, t: int):
-        import torch
+        from thinwire.coded_gradient import job_indices
 
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + t)
-        idx = torch.randint(len(self.x), (self.batch,), generator=g)
+        idx = job_indices(self.seed, t, len(self.x), self.batch)
         return self.x[idx], self.y[idx]
 
     def on_decode(self, t: int, scheme) -> None:
