@@ -83,6 +83,9 @@ class Fleet:
         self._model_cache: tuple[int, torch.Tensor] | None = None
         self._model_lock = threading.Lock()
         self._local = threading.local()
+        self._watch_lock = threading.Lock()
+        self._watch_t = 0.0
+        self._server_round = -1
         self.result = FleetResult()
 
     # -- setup ----------------------------------------------------------------------------------
@@ -184,6 +187,14 @@ class Fleet:
                       x=vc.x, y=vc.y, state=state)
         if self.net is not None:               # emulate this device's compute speed / straggling
             modeled = self.net.compute_time(vc.cid, rnd, res.work) * self.time_scale
+            if task.params.get("abandon_late"):
+                # The task's result is worthless once its round closed (gradient coding: an erasure):
+                # stop "computing" then, as a cancelled worker would, instead of starting late next round.
+                while time.perf_counter() - t0 < modeled:
+                    if self._round_moved_past(vc.cid, rnd):
+                        log.info("client %d: round %d closed while computing; task abandoned", vc.cid, rnd)
+                        return "late"
+                    time.sleep(min(0.02, max(0.0, modeled - (time.perf_counter() - t0))))
             time.sleep(max(0.0, modeled - (time.perf_counter() - t0)))
         link = Link(self.net, vc.cid, "up", self.time_scale)
         try:
@@ -209,6 +220,18 @@ class Fleet:
             vc.before = vc.state
         vc.state, vc.last_round = res.state, rnd
         return outcome
+
+    def _round_moved_past(self, cid: int, rnd: int) -> bool:
+        """Has the server opened a round after `rnd`? One heartbeat per fleet every 50 ms at most."""
+        with self._watch_lock:
+            now = time.monotonic()
+            if self._server_round <= rnd and now - self._watch_t >= 0.05:
+                self._watch_t = now
+                try:
+                    self._server_round = max(self._server_round, int(self.conn.heartbeat(cid, rnd).round))
+                except grpc.RpcError:
+                    pass
+            return self._server_round > rnd
 
     def _job(self, vc: VirtualClient, reply) -> None:
         try:

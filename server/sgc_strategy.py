@@ -115,7 +115,7 @@ class CodedGradients(Strategy):
                 segs = [[lo, hi, c] for lo, hi, c in unit_segments(self.scheme, self.bounds, g, row)]
                 units.append({"slot": m, "job": t, "model": t % self.M, "group": g, "row": row, "segments": segs})
         return Task.for_config(self.cfg, rnd, client_id, "coded_gradient", models=self.M, batch=self.batch,
-                               job_seed=self.job_seed, load=self.scheme.load, units=units)
+                               job_seed=self.job_seed, load=self.scheme.load, units=units, abandon_late=True)
 
     def broadcast(self, rnd: int, global_vec: torch.Tensor) -> torch.Tensor:
         return self.models.reshape(-1)
