@@ -195,3 +195,22 @@ def test_served_gc_with_emulated_stragglers_equals_simulate(tmp_path):
     assert any(r["stragglers"] for r in rows)                      # the emulation did straggle someone
     assert (g_sim - g_srv).abs().max() < 1e-5, float((g_sim - g_srv).abs().max())
     assert (g_sim - g_srv).abs().max() < 1e-3 * (g_sim - g_sim.mean()).abs().max()
+
+
+def test_bursty_network_model_is_the_sgc_delay_profile():
+    """--stragglers bursty: a (B, W, lambda)-conforming pattern over the fleet, stragglers slower
+    than (1 + 1) x the fastest, and compute = load-0 time + work x seconds per sample / speed."""
+    from thinwire.faults import NetworkModel, pattern_conforms
+
+    cfg = RunConfig(clients=40, per_round=40, rounds=60, stragglers="bursty", straggler_bursty=[2, 3, 6],
+                    straggler_prob=0.2, straggler_slowdown=2.3, profile="datacenter", compute_per_sample=0.01,
+                    progress=False).validate()
+    net = NetworkModel.from_config(cfg)
+    pat, load0 = net.bursty_profile()
+    assert pat.shape == load0.shape == (40, 60) and pat.sum() > 20 and pattern_conforms(pat, 2, 3, 6)
+    fast = load0.min(axis=0)
+    assert np.array_equal(load0 > 2 * fast, pat)            # the pattern is exactly who misses mu = 1
+    for k, r in [(0, 0), (7, 13), (39, 59)]:
+        assert net.compute_time(k, r, 30) == pytest.approx(load0[k, r] + 30 * 0.01)
+        assert net.straggler_factor(k, r) == (2.3 if pat[k, r] else 1.0)
+    assert NetworkModel.from_config(cfg).bursty_profile()[1].tolist() == load0.tolist()   # seeded
