@@ -34,7 +34,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                    help="a client silent this long is considered gone (default: %(default)s)")
     g.add_argument("--join-wait", type=float, default=d.join_wait,
                    help="seconds to wait for enough live clients before selecting those present")
-    g.add_argument("--max-update-mb", type=float, default=0.0, help="encoded update size limit (0 = 4x model + 1 MiB)")
+    g.add_argument("--max-update-mb", type=float, default=0.0, help="encoded update size limit (0 = the strategy's bound, e.g. ntk's Jacobian size, else 4x model + 1 MiB)")
     g.add_argument("--buffer-mb", type=float, default=0.0,
                    help="memory for reassembling pushes in flight (0 = max(32 MiB, 2 fp32 pushes))")
     g.add_argument("--emulate", action="store_true",

@@ -83,6 +83,12 @@ class Strategy:
             if model_shaped and numel != model_numel:
                 raise ValueError(f"update: tensor {name!r} has {numel} elements, the model has {model_numel}")
 
+    def max_result_bytes(self, model_numel: int) -> int | None:
+        """Upper bound on one client's serialised result (bytes), for strategies whose results are
+        not model-sized; the served parameter server uses it as its default per-push limit (an
+        explicit --max-update-mb still wins). None: the server's default for model deltas."""
+        return None
+
     # -- aggregate ---------------------------------------------------------------------------
     def begin_round(self, rnd: int, global_vec: torch.Tensor) -> None:
         raise NotImplementedError
