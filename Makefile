@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.thinwire-installed
 
-.PHONY: demo test test-fast bench clean venv
+.PHONY: demo test test-fast bench clean venv image
 
 venv: $(STAMP)
 
@@ -17,13 +17,18 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/thinwire simulate --config configs/demo.toml
+	$(VENV)/bin/thinwire simulate --config configs/demo.toml --force
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not docker" tests
+
+# The docker image, with `docker compose` (v2) or `docker-compose` (v1); offline base when the
+# registry is unreachable (deploy/build-image.sh).
+image:
+	deploy/build-image.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -202,9 +202,6 @@ class Codec:
     name: ClassVar[str] = ""
     #: decodes around lost body bytes and stays unbiased (EDEN); others need retransmission.
     supports_holes: ClassVar[bool] = False
-    #: the sum of encodings of many clients can be formed without decoding each one
-    #: (shared-seed random block, EDEN with a shared rotation).
-    aggregatable: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         self.params = params

@@ -31,7 +31,6 @@ def tensor_from_bytes(data: bytes | bytearray | memoryview, dtype: torch.dtype,
 
 class _Cast(Codec):
     wire_dtype: torch.dtype = torch.float32
-    aggregatable = True
 
     def __init__(self) -> None:
         super().__init__()

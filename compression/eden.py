@@ -149,7 +149,6 @@ class Eden(Codec):
 
     name = "eden"
     supports_holes = True
-    aggregatable = True  # with Context(shared=True): see mean_of's rotated-domain fast path
 
     def __init__(self, bits: float = 2, unbiased: bool = True, max_overhead: float = 0.1,
                  max_chunk: int = DEFAULT_MAX_CHUNK) -> None:

@@ -99,7 +99,6 @@ class RandBlock(Codec):
     """Codec form of the random block compressor; the wire carries only the kept float32 values."""
 
     name = "randblock"
-    aggregatable = True  # with Context(shared=True): sum of values buffers == values of the sum
 
     def __init__(self, ratio: float = 64.0) -> None:
         super().__init__(ratio=check_ratio(ratio))
@@ -116,18 +115,3 @@ class RandBlock(Codec):
         vals = tensor_from_bytes(enc.sections["values"], torch.float32, device)
         ratio = float(enc.params.get("ratio", self.ratio))
         return scatter(vals, block_slices(ctx.segments, ratio, ctx, numel=enc.numel), enc.numel)
-
-    @staticmethod
-    def sum_encoded(encodings: Sequence[Encoded]) -> Encoded:
-        """Sum in the compressed domain (shared-seed blocks): one Encoded whose decode is the sum."""
-        if not encodings:
-            raise ValueError("encodings: need at least one")
-        first = encodings[0]
-        total = None
-        for e in encodings:
-            if e.codec != RandBlock.name or e.numel != first.numel or e.params != first.params:
-                raise ValueError("encodings: all must be randblock payloads with the same numel and ratio")
-            v = tensor_from_bytes(e.sections["values"], torch.float32)
-            total = v if total is None else total + v
-        return Encoded(codec=first.codec, params=dict(first.params), numel=first.numel, dtype=first.dtype,
-                       meta=dict(first.meta), sections={"values": tensor_to_bytes(total)})

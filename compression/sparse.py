@@ -84,7 +84,6 @@ class RandK(Codec):
     """Keep k uniformly random coordinates; the indices come from the shared seed, not the wire."""
 
     name = "randk"
-    aggregatable = True  # with Context(shared=True) every worker keeps the same positions
 
     def __init__(self, fraction: float = 0.01, unbiased: bool = True) -> None:
         if not isinstance(unbiased, bool):

@@ -131,6 +131,35 @@ if cmd == "client" and "--client-id-start" not in given and "THINWIRE_CLIENT_ID_
         print(f"thinwire-entrypoint: replica {n} ({fqdn}) hosts client ids {(n - 1) * vc}..{n * vc - 1}",
               file=sys.stderr, flush=True)
 
+def value_of(opt):
+    """The value `opt` gets from the user's args or, failing that, from the env-derived flags."""
+    for args in (user_args, flags):
+        for i, a in enumerate(args):
+            if a == opt and i + 1 < len(args):
+                return args[i + 1]
+            if a.startswith(opt + "="):
+                return a.split("=", 1)[1]
+    return None
+
+if cmd in ("server", "launch"):
+    # Per-round follows the fleet size unless set: THINWIRE_CLIENTS=3 aggregates 3 per round.
+    clients = value_of("--clients")
+    if clients is not None and value_of("--per-round") is None:
+        flags += ["--per-round", clients]
+    # THINWIRE_RESUME=true (compose's restart policy) continues a checkpointed run; a fresh start
+    # (no checkpoint yet) starts over quietly, replacing any files of a run that never checkpointed.
+    if "--resume" in flags and "--resume" not in user_args:
+        from pathlib import Path
+        from thinwire.checkpoint import CHECKPOINT
+        name = value_of("--name") or ""
+        run_dir = Path(value_of("--out-dir") or "runs") / name
+        if not name or not (run_dir / CHECKPOINT).is_file():
+            flags.remove("--resume")
+            if name and run_dir.is_dir() and any(run_dir.iterdir()):
+                flags.append("--force")
+            print(f"thinwire-entrypoint: no checkpoint in {run_dir}: starting run {name!r} from round 0",
+                  file=sys.stderr, flush=True)
+
 argv = [cmd, *flags, *user_args]
 shown = " ".join(argv)
 print(f"thinwire-entrypoint: thinwire {shown}", file=sys.stderr, flush=True)

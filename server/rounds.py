@@ -65,6 +65,7 @@ class Lost:
 class Transport(Protocol):
     clock: str                 # "virtual" or "wall"
     segments: tuple[int, ...] | None
+    refusal_is_final: bool     # a refused client will not deliver again this round
 
     def candidates(self, rnd: int) -> list[int] | None: ...          # None: stop the run
     def open_round(self, rnd: int, vec: torch.Tensor, tasks: dict[int, Task]) -> None: ...
@@ -125,7 +126,8 @@ class RoundEngine:
             self.history = list(ckpt["history"])
             self.totals.update(ckpt["totals"])
             self.resumed_from = self.rounds_done
-        self.writer = MetricsWriter(self.run_dir, resume_after=self.rounds_done - 1 if ckpt is not None else None)
+        self.writer = MetricsWriter(self.run_dir, resume_after=self.rounds_done - 1 if ckpt is not None else None,
+                                    tensorboard=getattr(cfg, "tensorboard", False))
         (self.run_dir / ACCEPTED_LOG).write_text("".join(json.dumps(h) + "\n" for h in self.history))
         write_resolved_config(self.run_dir, cfg)
         self.t0 = time.perf_counter()
@@ -154,6 +156,7 @@ class RoundEngine:
         finally:
             if bar is not None:
                 bar.close()
+            self.writer.close()
         return RunResult(self.run_dir, self.metrics, summarize(self.metrics) if self.metrics else {})
 
     def one_round(self) -> dict[str, Any] | None:
@@ -223,7 +226,7 @@ class RoundEngine:
                                         tensors=tensors, scalars=dict(ev.scalars), time=ev.time))
         except ValueError as e:
             ev.answer("refused", str(e))
-            if getattr(self.transport, "refusal_is_final", True) and current:
+            if self.transport.refusal_is_final and current:
                 view.lost.add(ev.client_id)
             return "refused"
         finally:

@@ -27,7 +27,8 @@ def test_bench_wire_runs_and_accounts_bytes(tmp_path, capsys):
     # the kernel saw at least what gRPC serialized, plus HTTP/2 frame headers and control RPCs
     assert r["grpc_per_payload"] <= r["socket_per_payload"] < 1.05
     assert r["server_cpu_s"] > 0 and r["p50_s"] <= r["p99_s"]
-    assert "vs raw" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "vs raw x" in printed and "ingest MB/s" in printed and printed.rstrip().endswith(wire.WIRE_LEGEND.splitlines()[-1])
 
 
 def test_bench_wire_bad_lists_are_one_line_errors():

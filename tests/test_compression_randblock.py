@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from thinwire import compression as C
-from thinwire.compression.randblock import block_slices, gather, kept_count, scatter, RandBlock
+from thinwire.compression.randblock import block_slices, gather, kept_count, scatter
 
 
 @pytest.mark.parametrize("ratio", [1, 1.5, 7, 64, 1000.0])
@@ -50,19 +50,14 @@ def test_every_coordinate_selected_with_prob_one_over_ratio():
     assert float((hits / rounds - p).abs().max()) < 5 * se
 
 
-def test_gather_scatter_roundtrip_and_aggregation():
+def test_gather_scatter_roundtrip():
     segs = (300, 17, 2048)
     ctx = C.Context(seed=9, segments=segs, shared=True)
-    xs = [torch.randn(sum(segs), generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    xs = [torch.randn(sum(segs), generator=torch.Generator().manual_seed(0))]
     blocks = block_slices(segs, 8, ctx)
     v = gather(xs[0], blocks)
     assert v.numel() == kept_count(blocks)
     assert torch.equal(gather(scatter(v, blocks, sum(segs)), blocks), v)
-    codec = C.get("randblock", ratio=8)
-    encs = [codec.encode(x, ctx) for x in xs]
-    summed = codec.decode(RandBlock.sum_encoded(encs), ctx)
-    direct = codec.decode(codec.encode(sum(xs), ctx), ctx)
-    torch.testing.assert_close(summed, direct, rtol=0, atol=1e-5)
 
 
 def test_wire_bytes_values_only_and_bytes_roundtrip():

@@ -74,6 +74,7 @@ def test_cli_exit_2_one_line_no_traceback(args, field):
 def test_resolved_config_is_valid_toml_that_loads_back(tmp_path):
     from thinwire.config import load, write_resolved_config
 
-    cfg = RunConfig(name='a "quoted" \\ name', out_dir=str(tmp_path), hidden=[32, 16], codec="eden:bits=2").validate()
+    cfg = RunConfig(name='a "quoted" name', out_dir=str(tmp_path), hidden=[32, 16], codec="eden:bits=2",
+                    data_path='C:\\data "x"').validate()
     path = write_resolved_config(tmp_path, cfg)
     assert load(RunConfig, str(path)) == cfg

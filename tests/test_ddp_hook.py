@@ -1,6 +1,7 @@
 """The DDP communication hook on a real 2-process gloo group (torch.multiprocessing, file rendezvous)."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -123,6 +124,86 @@ def test_randblock_ef_hook_equals_the_allreduce_command(tmp_path):
                                                           seed=1).parameters())
     assert (res[0]["hook"] - x0).abs().max() > 1e-3  # it moved
     assert torch.equal(res[0]["hook"], res[1]["hook"])
+
+
+# -- randblock + DEF-A hook with momentum, weight decay and an lr drop == `thinwire allreduce --method defa` --
+def _def_worker(rank, steps):
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    import dataclasses
+    import torch.distributed as dist
+    import thinwire.ddp
+    from thinwire.collective import AllreduceConfig, CollectiveWorker, batch_indices
+    from thinwire.data import load_dataset
+    from thinwire.errors import ConfigError
+    from thinwire.models import build_model
+
+    ds = load_dataset("digits", seed=1)
+    out = {}
+
+    def command(method):
+        cfg = AllreduceConfig(workers=K, method=method, ratio=8.0, dataset="digits", model="mlp", hidden=[32],
+                              seed=1, lr=0.05, momentum=0.9, weight_decay=5e-4, lr_decay_at="0.5", epochs=1,
+                              coeff=0.3, progress=False, plots=False)
+        w = CollectiveWorker(rank, K, "gloo")
+        info = w.configure(dataclasses.asdict(cfg))
+        w.train(steps)
+        return w.snapshot(), info["total_steps"]
+
+    def user_loop(feedback, hook_side, with_context):
+        model = build_model("mlp", ds.input_shape, ds.num_classes, hidden=[32], seed=1)
+        ddp = DDP(model, bucket_cap_mb=1000)
+        hook, state = thinwire.ddp.comm_hook(codec="randblock:ratio=8", feedback=feedback, coeff=0.3, seed=1,
+                                             model=model, momentum=0.9 if hook_side else 0.0,
+                                             weight_decay=5e-4 if hook_side else 0.0)
+        ddp.register_comm_hook(state, hook)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.0 if hook_side else 0.9,
+                              weight_decay=0.0 if hook_side else 5e-4)
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, [round(0.5 * total)], gamma=0.1)
+        for t in range(steps):
+            idx = batch_indices(len(ds.y_train), K, 16, 1, t, rank)
+            opt.zero_grad()
+            with state.step_context(opt) if with_context else contextlib.nullcontext():
+                F.cross_entropy(ddp(ds.x_train[idx]), ds.y_train[idx]).backward()
+            opt.step()
+            sched.step()
+        x = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+        with state.output_point():
+            x_out = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+        return x, x_out
+
+    snap, total = command("defa")
+    assert steps > total // 2  # the run crosses the lr drop
+    out["cmd_x"], out["cmd_e"] = snap["x"], snap["e"]
+    out["hook_x"], out["hook_out"] = user_loop("defa", hook_side=True, with_context=True)
+    # the old usage: torch's momentum and weight decay after compression (EF, gradient units)
+    out["cmd_ef_x"] = command("ef")[0]["x"]
+    out["old_ef_x"], _ = user_loop("ef", hook_side=False, with_context=False)
+    # DEF without the step context: a one-line error from the hook, not silently EF
+    try:
+        user_loop("def", hook_side=True, with_context=False)
+        out["no_context"] = None
+    except Exception as e:  # raised inside DDP's backward
+        out["no_context"] = str(e)
+    dist.barrier()
+    return out
+
+
+def test_randblock_defa_hook_with_momentum_equals_the_allreduce_command(tmp_path):
+    res = _spawn(_def_worker, tmp_path, 30)
+    # same rule (local momentum and wd at y before compression, lr inside the error, lr drop, gradient
+    # at x - c*e), so the same iterates up to float32 rounding (x - lr*(D/lr) vs x - D each step)
+    tol = 1e-5
+    for r in res:
+        assert torch.allclose(r["hook_x"], r["cmd_x"], atol=tol, rtol=0), float((r["hook_x"] - r["cmd_x"]).abs().max())
+    # DEF-A outputs x - mean_k e_k on every rank
+    want = res[0]["cmd_x"] - (res[0]["cmd_e"] + res[1]["cmd_e"]) / 2
+    assert float((res[0]["cmd_e"] - res[1]["cmd_e"]).abs().max()) > 1e-4  # the residuals differ per rank
+    for r in res:
+        assert torch.allclose(r["hook_out"], want, atol=tol, rtol=0)
+    # baseline: momentum after compression (the old usage) is a different rule; the check above sees it
+    gap = float((res[0]["old_ef_x"] - res[0]["cmd_ef_x"]).abs().max())
+    assert gap > 100 * tol, gap
+    assert "step_context" in res[0]["no_context"] and "feedback" in res[0]["no_context"]
 
 
 # -- EDEN hook is unbiased --------------------------------------------------------------------------

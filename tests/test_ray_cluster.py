@@ -141,7 +141,7 @@ def test_launch_spreads_actors_over_two_ray_nodes(tmp_path):
         cmd = [THINWIRE, "launch", "--ray-address", address, "--name", "raytest",
                "--out-dir", str(out_dir), "--dataset", "digits", "--clients", "4", "--per-round", "4",
                "--rounds", "2", "--client-actors", "2", "--client-cpus", "0.5", "--server-cpus", "0.5",
-               "--no-progress", "--timeout", "600"]
+               "--port", "0", "--no-progress", "--timeout", "600"]
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=700, cwd=tmp_path)
         out = res.stdout + res.stderr
         assert res.returncode == 0, out[-4000:]

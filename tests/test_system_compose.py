@@ -305,3 +305,30 @@ def test_entrypoint_client_ids_and_bad_values():
     assert "--server server:50051" in line and "--client-id-start 6" in line and "--virtual-clients 3" in line
     bad = run_entrypoint("server", "--help", THINWIRE_EMULATE="maybe")
     assert bad.returncode != 0 and "THINWIRE_EMULATE='maybe': expected true or false" in bad.stderr
+
+
+def test_entrypoint_per_round_follows_the_fleet_and_resumes_only_a_checkpoint(tmp_path):
+    """THINWIRE_CLIENTS=3 aggregates 3 per round unless THINWIRE_PER_ROUND is set; compose's
+    THINWIRE_RESUME=true becomes --resume only when the run has a checkpoint (no warning on a fresh
+    start) and --force when the run directory holds a run that never checkpointed."""
+    env = dict(THINWIRE_CLIENTS="3", THINWIRE_RESUME="true", THINWIRE_NAME="compose",
+               THINWIRE_OUT_DIR=str(tmp_path))
+
+    def argv(**more):
+        res = run_entrypoint("server", "--help", **{**env, **more})
+        assert res.returncode == 0, res.stderr
+        line = next(x for x in res.stderr.splitlines() if x.startswith("thinwire-entrypoint: thinwire server"))
+        return line.split()[2:], res.stderr
+
+    args, err = argv()
+    assert args[args.index("--per-round") + 1] == "3"
+    assert "--resume" not in args and "--force" not in args and "WARNING" not in err
+    args, _ = argv(THINWIRE_PER_ROUND="2")
+    assert args[args.index("--per-round") + 1] == "2"
+    (tmp_path / "compose").mkdir()
+    (tmp_path / "compose" / "config.json").write_text("{}")
+    args, _ = argv()
+    assert "--force" in args and "--resume" not in args
+    (tmp_path / "compose" / "checkpoint.pt").write_bytes(b"x")
+    args, _ = argv()
+    assert "--resume" in args and "--force" not in args

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
+from . import logs
 from .errors import UserError
 
 # name -> (module, one-line help). The module provides add_arguments(parser) and run(args).
@@ -20,10 +20,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "client": ("thinwire.client.command", "run one or many clients against a server"),
     "launch": ("thinwire.launch", "start server + client fleet as Ray actors (local or cluster)"),
     "allreduce": ("thinwire.collective_command", "data-parallel training with compressed all-reduce"),
+    "decentralized": ("thinwire.decentralized_command", "peers on a graph without a server: CDProxSGT, DProxSGT, "
+                      "ChocoSGD, all-reduce"),
     "bench": ("thinwire.bench", "benchmarks: sim, compression, wire, allreduce"),
     "plot": ("thinwire.plots", "render PNG plots from a run directory's metrics.jsonl"),
     "certs": ("thinwire.certs", "make a development CA and TLS certificates"),
 }
+
+
+VERBOSE_HELP = "more logging: -v info, -vv debug and the Ray workers' logs"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,12 +40,17 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     parser = _Parser(prog="thinwire", description="communication-efficient distributed and federated training")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"thinwire {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     modules: dict[str, object] = {}
-    wanted = _requested_command(sys.argv[1:])
+    wanted = "--version" if sys.argv[1:2] == ["--version"] else _requested_command(sys.argv[1:])
     for name, (modname, helptext) in COMMANDS.items():
         p = sub.add_parser(name, help=helptext, description=helptext)
+        # -v also after the subcommand; its own dest, or the subparser's default would reset the top-level count
+        p.add_argument("-v", "--verbose", dest="sub_verbose", action="count", default=0, help=VERBOSE_HELP)
         # Only import the module actually run (and all of them for plain --help).
         if wanted in (None, name):
             try:
@@ -66,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv = [sys.argv[0], *argv]
     parser, modules = build_parser()
     args = parser.parse_args(sys.argv[1:])
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.verbose + getattr(args, "sub_verbose", 0))
     if not args.command:
         parser.print_help()
         return 2

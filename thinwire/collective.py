@@ -55,7 +55,8 @@ ALLREDUCE_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "npz")
 @dataclass
 class AllreduceConfig:
     # run
-    name: str = _f("allreduce", "run name; outputs go to OUT_DIR/NAME")
+    name: str = _f("", "run name; outputs go to OUT_DIR/NAME, which must be new unless --force "
+                   "(empty = a new OUT_DIR/allreduce-DATE-TIME); OUT_DIR/latest links to the newest run")
     out_dir: str = _f("runs", "directory holding run directories")
     seed: int = _f(0, "seed for data split, init, shuffling, random blocks and stragglers")
     # collective
@@ -97,8 +98,8 @@ class AllreduceConfig:
     plots: bool = _f(True, "write PNG plots into the run directory")
 
     def validate(self) -> "AllreduceConfig":
-        if not self.name or "/" in self.name:
-            raise ConfigError("name", f"bad run name {self.name!r}", "a non-empty name without '/'")
+        from .rundir import check_run_name
+        check_run_name(self.name)
         check_int("seed", self.seed, 0)
         check_int("workers", self.workers, 1)
         check_choice("backend", self.backend, BACKENDS)
@@ -149,7 +150,7 @@ class AllreduceConfig:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
+        return Path(self.out_dir) / (self.name or "allreduce")  # the command resolves it: thinwire.rundir
 
     @property
     def kind(self) -> str:

@@ -2,17 +2,22 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from . import config
 from .collective import AllreduceConfig, run_allreduce
+from .rundir import resolve_run_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     config.add_arguments(parser, AllreduceConfig)
+    parser.add_argument("--force", action="store_true", help="overwrite the run directory --name if it holds a run")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config.from_args(AllreduceConfig, args)
+    run_dir = resolve_run_dir(cfg.out_dir, cfg.name, command="allreduce", force=args.force)
+    cfg = dataclasses.replace(cfg, out_dir=str(run_dir.parent), name=run_dir.name)
     s = run_allreduce(cfg)
     print(f"{s['method']} {s['codec']} ({s['collective']}): final accuracy {s['final_accuracy']:.4f} (best {s['best_accuracy']:.4f}) after "
           f"{s['steps']} steps on {s['workers']} {s['backend']} workers; collective payload "

@@ -24,14 +24,14 @@ else:  # pragma: no cover
 
 T = TypeVar("T")
 
-DATASETS = ("digits", "synthetic", "mnist", "fashion-mnist", "cifar10", "npz")
+DATASETS = ("digits", "synthetic", "mnist", "fashion-mnist", "cifar10", "npz", "custom")  # custom: Python data=
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 MODELS_HELP = "mlp, lenet, logreg or module:function"
 PROFILES = ("uniform", "lognormal", "mobile", "datacenter", "trace")
 STRAGGLER_MODELS = ("none", "iid", "gilbert", "trace", "bursty")
 LOSS_MODELS = ("none", "iid", "gilbert")
 LOSS_POLICIES = ("retransmit", "holes")
-STRATEGIES = ("fedavgm", "fedavg")           # built in; more register themselves (see strategies())
+NTK_LOSSES = ("ce", "mse")
 FEEDBACK = ("none", "ef", "def", "defa")
 GC_CODES = ("cyclic", "fractional")
 SGC_STRATEGIES = ("uncoded", "gc", "sr-sgc", "m-sgc")
@@ -110,6 +110,11 @@ def check_strategy(name: str, spec: str) -> None:
         raise ConfigError(name, f"unknown strategy {spec!r}", ", ".join(strategies()) + " or package.module:Class")
 
 
+def _codec_names() -> tuple[str, ...]:
+    from thinwire import compression
+    return tuple(compression.available())
+
+
 def check_model(name: str, model: str) -> None:
     if model in ("mlp", "lenet", "logreg"):
         return
@@ -122,19 +127,23 @@ def check_model(name: str, model: str) -> None:
 @dataclass
 class RunConfig:
     # run
-    name: str = _f("run", "run name; outputs go to OUT_DIR/NAME")
+    name: str = _f("", "run name; outputs go to OUT_DIR/NAME, which must be new unless --resume/--force "
+                   "(empty = a new OUT_DIR/COMMAND-DATE-TIME); OUT_DIR/latest links to the newest run")
     out_dir: str = _f("runs", "directory holding run directories")
     seed: int = _f(0, "seed for everything (data split, init, faults, codecs)")
     rounds: int = _f(50, "number of federated rounds")
     eval_every: int = _f(1, "evaluate the global model every N rounds")
     # data
-    dataset: str = _f("digits", "data set", choices=DATASETS)
+    dataset: str = _f("digits", "data set (custom = your own, given from Python: thinwire.simulate(data=...))",
+                      choices=DATASETS)
     data_path: str = _f("", "file or directory for mnist/fashion-mnist/cifar10/npz")
     clients: int = _f(100, "number of (virtual) clients")
     partition: str = _f("iid", "how data is split over clients", choices=PARTITIONS)
     alpha: float = _f(0.5, "Dirichlet concentration for --partition dirichlet")
     shards_per_client: int = _f(2, "shards per client for --partition shards")
-    standardize: bool = _f(False, "standardise features to zero mean / unit variance (train statistics)")
+    standardize: bool = _f(True, "standardise features to zero mean / unit variance (train statistics); on by "
+                           "default: on the demo it lifts final accuracy 0.88-0.91 -> 0.91-0.93 (fedavgm) and "
+                           "0.28-0.39 -> 0.86-0.89 (plain fedavg), docs/BENCHMARKS.md")
     synthetic_alpha: float = _f(1.0, "Synthetic(alpha, beta): model heterogeneity")
     synthetic_beta: float = _f(1.0, "Synthetic(alpha, beta): data heterogeneity")
     # model and local training
@@ -149,7 +158,8 @@ class RunConfig:
     weight_decay: float = _f(0.0, "client weight decay")
     # server
     strategy: str = _f("fedavgm", "server strategy: fedavgm (FedAvg with server momentum, the default), fedavg "
-                       "(plain FedAvg), gradient coding and NTK-FL strategies, or package.module:Class", choices=STRATEGIES)
+                       "(plain FedAvg), gradient coding and NTK-FL strategies, or package.module:Class",
+                       choices=lambda: tuple(strategies()))
     server_lr: float = _f(1.0, "server learning rate applied to the aggregated update")
     server_momentum: float = _f(0.9, "server momentum of fedavgm (ignored by plain fedavg); 0.9 keeps tiny "
                                 "non-IID clients moving")
@@ -162,8 +172,19 @@ class RunConfig:
     mu: float = _f(1.0, "gradient coding: workers slower than (1 + mu) x the fastest are stragglers")
     models: int = _f(0, "gradient coding: models trained round-robin (job t -> model t mod M); 0 = delay T + 1")
     job_batch: int = _f(512, "gradient coding: samples of the training set in each job's gradient")
+    # NTK-FL / CP-NTK-FL (--strategy ntk)
+    ntk_loss: str = _f("ce", "NTK-FL training loss of the kernel flow", choices=NTK_LOSSES)
+    ntk_taus: list = _f([100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1500, 2000],
+                        "NTK-FL candidate step counts tau, best picked on the validation split")
+    ntk_eta: float = _f(0.01, "NTK-FL learning rate eta of the linearised gradient flow")
+    ntk_val_fraction: float = _f(0.05, "NTK-FL server validation split: this fraction of the training pool (never test data)")
+    ntk_project: int = _f(0, "CP-NTK-FL random projection dimension d' of the Jacobian (0 = off)")
+    ntk_subsample: float = _f(1.0, "CP-NTK-FL fraction of each client's samples used")
+    ntk_shuffle: bool = _f(False, "CP-NTK-FL: permute per-sample rows across clients before the strategy sees them")
+    ntk_max_samples: int = _f(8192, "NTK-FL refuses rounds with more pooled samples N (the kernel is N x N)")
     # compression
-    codec: str = _f("identity", "update codec, e.g. identity, fp16, eden:bits=2, randblock:ratio=64")
+    codec: str = _f("identity", "update codec NAME[:key=value,...], e.g. eden:bits=2, randblock:ratio=64",
+                    choices=lambda: _codec_names())
     feedback: str = _f("none", "error feedback memory on clients", choices=FEEDBACK)
     feedback_coeff: float = _f(0.3, "DEF detach coefficient c")
     # round driver
@@ -194,11 +215,15 @@ class RunConfig:
     workers: int = _f(0, "Ray worker actors for simulation (0 = one per CPU core)")
     ray_address: str = _f("", "attach to an existing Ray cluster (auto or HOST:PORT); empty = local")
     progress: bool = _f(True, "show a progress bar")
+    tensorboard: bool = _f(False, "also write TensorBoard event files to RUN_DIR/tensorboard "
+                           "(pip install 'thinwire[tensorboard]')")
 
     def validate(self) -> "RunConfig":
         from thinwire.plugins import absolute
         # File plug-ins by absolute path: Ray workers and client processes run elsewhere.
         self.strategy, self.codec = absolute(self.strategy), absolute(self.codec)
+        from .rundir import check_run_name
+        check_run_name(self.name)
         check_int("seed", self.seed, 0)
         check_int("rounds", self.rounds, 1)
         check_int("eval_every", self.eval_every, 1)
@@ -228,6 +253,7 @@ class RunConfig:
         check_strategy("strategy", self.strategy)
         check_float("server_lr", self.server_lr, 0.0, lo_open=True)
         check_float("server_momentum", self.server_momentum, 0.0, 1.0, hi_open=True)
+        self._validate_ntk()
         check_codec("codec", self.codec)
         check_choice("feedback", self.feedback, FEEDBACK)
         check_float("feedback_coeff", self.feedback_coeff, 0.0, 1.0)
@@ -258,6 +284,10 @@ class RunConfig:
             check_file("straggler_trace", self.straggler_trace)
         check_int("workers", self.workers, 0)
         self._validate_sgc()
+        if self.tensorboard:
+            from .metrics import TENSORBOARD_MISSING, tensorboard_available
+            if not tensorboard_available():
+                raise ConfigError("tensorboard", TENSORBOARD_MISSING)
         return self
 
     def _validate_sgc(self) -> None:
@@ -281,9 +311,22 @@ class RunConfig:
             from thinwire.server.sgc_strategy import check_config
             check_config(self)
 
+
+    def _validate_ntk(self) -> None:
+        check_choice("ntk_loss", self.ntk_loss, NTK_LOSSES)
+        if not self.ntk_taus or any(isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= 1_000_000
+                                    for t in self.ntk_taus):
+            raise ConfigError("ntk_taus", f"bad step counts {self.ntk_taus!r}",
+                              "a list of integers in 1..1000000, e.g. 100,200,500")
+        check_float("ntk_eta", self.ntk_eta, 0.0, lo_open=True)
+        check_float("ntk_val_fraction", self.ntk_val_fraction, 0.0, 0.5, lo_open=True)
+        check_int("ntk_project", self.ntk_project, 0)
+        check_float("ntk_subsample", self.ntk_subsample, 0.0, 1.0, lo_open=True)
+        check_int("ntk_max_samples", self.ntk_max_samples, 1)
+
     @property
     def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
+        return Path(self.out_dir) / (self.name or "run")  # entry points resolve the name: thinwire.rundir
 
     @property
     def selected_per_round(self) -> int:
@@ -378,6 +421,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[
             continue
         flag = "--" + f.name.replace("_", "-")
         help_ = f.metadata.get("help", "")
+        choices = f.metadata.get("choices")
+        if choices is not None:  # --help lists the allowed values (checked later, with one-line errors)
+            help_ += "; one of: " + ", ".join(choices() if callable(choices) else choices)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         if isinstance(default, bool):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,

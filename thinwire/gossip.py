@@ -4,11 +4,11 @@ One implementation of each step, written for ONE peer: pure tensor math plus a `
 communicator that exchanges a message with the graph neighbours (and, for the all-reduce
 baseline, averages over everyone). The same `peer_step` runs in the single-process reference
 (`LocalNetwork`: one thread per peer, in-memory mailboxes) and on Ray actors over
-torch.distributed point-to-point (`DistNeighbourhood`), so the two give the same numbers.
+torch.distributed point-to-point (`thinwire.p2p.DistNeighbourhood`), so the two give the same numbers.
 
 Compressed messages travel as the codec's serialised `Encoded` bytes; a receiver decodes them
 with the sender's context (seed, step, sender rank), exactly as the sender decoded its own copy,
-so every public copy x-hat / y-hat and running sum s = sum_j w_ij hat_j stays consistent.
+so the public copies x-hat / y-hat of a peer are identical at the peer and at its neighbours.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 
 from thinwire.compression.base import Codec, Context, Encoded
 
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 from .reducer import parse_codec
 
 ALGORITHMS = ("cdproxsgt", "dproxsgt", "choco", "allreduce")
@@ -43,6 +43,7 @@ def clip_norm(g: torch.Tensor, max_norm: float) -> torch.Tensor:
 
 class Neighbourhood(Protocol):
     rank: int
+    world: int
     weights: dict[int, float]  # w_ij for j in neighbours and j = rank
 
     def exchange(self, payload: torch.Tensor) -> dict[int, torch.Tensor]: ...
@@ -78,22 +79,33 @@ class AlgoConfig:
 
 @dataclass
 class PeerState:
-    """One peer's vectors. hat/s are the public copies and neighbour sums of the compressed methods."""
+    """One peer's vectors.
+
+    `hats[name][j]` is the public copy (x-hat or y-hat) of peer j that this peer holds, for itself
+    and every neighbour; the compressed methods keep them identical on both ends of each edge.
+    `exchanges` lists the bytes this peer sent per neighbour in each exchange of the current step
+    (-1 marks the all-reduce), for the simulated clock; `bytes_sent` sums them per receiver.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
     g_prev: torch.Tensor
-    x_hat: torch.Tensor
-    y_hat: torch.Tensor
-    s_x: torch.Tensor
-    s_y: torch.Tensor
+    hats: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
     g_last: torch.Tensor | None = None
     bytes_sent: dict[int, int] = field(default_factory=dict)  # per receiving neighbour
+    exchanges: list[int] = field(default_factory=list)
 
     @classmethod
     def init(cls, x0: torch.Tensor) -> "PeerState":
         z = torch.zeros_like(x0)
-        return cls(x0.clone(), z.clone(), z.clone(), z.clone(), z.clone(), z.clone(), z.clone())
+        return cls(x0.clone(), z.clone(), z.clone())
+
+    def hat(self, name: str, j: int) -> torch.Tensor:
+        """Public copy `name` of peer j (zeros until j's first message, as in the spec)."""
+        book = self.hats.setdefault(name, {})
+        if j not in book:
+            book[j] = torch.zeros_like(self.x)
+        return book[j]
 
 
 def mix(comm: Neighbourhood, v: torch.Tensor, state: PeerState) -> torch.Tensor:
@@ -107,35 +119,69 @@ def mix(comm: Neighbourhood, v: torch.Tensor, state: PeerState) -> torch.Tensor:
     return out
 
 
-def compressed_gossip(comm: Neighbourhood, codec: Codec, v: torch.Tensor, hat: torch.Tensor, s: torch.Tensor,
-                      gamma: float, ctx_of: Callable[[int], Context], state: PeerState) -> torch.Tensor:
-    """CHOCO step on v: send q = Q[v - hat]; hat += q; s += sum_j w_ij q_j; return v + gamma (s - hat).
+class Diverged(UserError):
+    """The iterates left the finite floats: a step size or consensus step too large for this codec."""
 
-    `hat` and `s` are updated in place.
+    def __init__(self, what: str) -> None:
+        super().__init__(f"training diverged ({what} is no longer finite); allowed: a smaller --lr, --gamma-x/"
+                         "--gamma-y, or a contractive codec such as topk:fraction=F (unbiased codecs like qsgd "
+                         "need gamma well below 1)")
+
+
+def is_exact(codec: Codec) -> bool:
+    """The identity codec at float32: decode(encode(u)) == u bit for bit."""
+    return getattr(codec, "name", "") == "identity"
+
+
+def compressed_gossip(comm: Neighbourhood, codec: Codec, v: torch.Tensor, name: str, gamma: float,
+                      ctx_of: Callable[[int], Context], state: PeerState) -> torch.Tensor:
+    """CHOCO step on v: send Q[v - hat_i]; every hat_j += Q[v_j - hat_j]; return v + gamma (W hat - hat_i).
+
+    The return value is computed as sum_j (gamma w_ij) hat_j + (v - gamma hat_i), the same quantity
+    (rows of W sum to 1) in a form that is exactly `mix(v)` when gamma = 1 and hat_i = v. With an
+    exact codec (identity at float32) the new public copy hat + (v - hat) IS v, so it is set to v
+    (the message carries v itself, same bytes) instead of rounding a + (b - a); hence CDProxSGT with
+    the identity codec and gamma = 1 reproduces DProxSGT bit for bit.
     """
-    enc = codec.encode(v - hat, ctx_of(comm.rank))
-    q = codec.decode(enc, ctx_of(comm.rank), device=v.device).to(v.dtype)
+    me = comm.rank
+    if not bool(torch.isfinite(v).all()):
+        raise Diverged(name)
+    exact = is_exact(codec) and v.dtype == torch.float32
+    mine = state.hat(name, me)
+    enc = codec.encode(v if exact else v - mine, ctx_of(me))
+    q = codec.decode(enc, ctx_of(me), device=v.device).to(v.dtype)
     raw = enc.to_bytes()
     got = comm.exchange(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
     _count(state, got.keys(), len(raw))
-    qs = {j: codec.decode(Encoded.from_bytes(b.numpy().tobytes()), ctx_of(j), device=v.device).to(v.dtype)
-          for j, b in got.items()}
-    qs[comm.rank] = q
-    hat.add_(q)
-    for j in sorted(qs):
-        s.add_(qs[j], alpha=comm.weights[j])
-    return v + gamma * (s - hat)
+    for j, b in got.items():
+        qj = codec.decode(Encoded.from_bytes(b.numpy().tobytes()), ctx_of(j), device=v.device).to(v.dtype)
+        if exact:
+            state.hat(name, j).copy_(qj)
+        else:
+            state.hat(name, j).add_(qj)
+    if exact:
+        mine.copy_(q)
+    else:
+        mine.add_(q)
+    out = torch.zeros_like(v)
+    for j in sorted([me, *got]):
+        out.add_(state.hat(name, j), alpha=comm.weights[j] * gamma)
+    return out.add_(v - gamma * mine)
 
 
 def _count(state: PeerState, receivers: Any, nbytes: int) -> None:
+    n = 0
     for j in receivers:
         state.bytes_sent[j] = state.bytes_sent.get(j, 0) + nbytes
+        n += 1
+    state.exchanges.append(nbytes if n else 0)
 
 
 def peer_step(state: PeerState, grad_fn: Callable[[torch.Tensor], torch.Tensor], cfg: AlgoConfig,
               comm: Neighbourhood, step: int, codec: Codec | None = None) -> None:
     """One synchronous iteration of `cfg.algorithm` at this peer (spec §2, §3, §5)."""
     thr = cfg.lr * cfg.l1
+    state.exchanges = []
     g = clip_norm(grad_fn(state.x), cfg.clip)
     state.g_last = g
     a = cfg.algorithm
@@ -150,17 +196,21 @@ def peer_step(state: PeerState, grad_fn: Callable[[torch.Tensor], torch.Tensor],
             assert codec is not None
             ctx_y = lambda j: Context(seed=cfg.seed, round=2 * step, client_id=j)  # noqa: E731
             ctx_x = lambda j: Context(seed=cfg.seed, round=2 * step + 1, client_id=j)  # noqa: E731
-            state.y = compressed_gossip(comm, codec, y_half, state.y_hat, state.s_y, cfg.gamma_y, ctx_y, state)
+            state.y = compressed_gossip(comm, codec, y_half, "y", cfg.gamma_y, ctx_y, state)
             x_half = prox_l1(state.x - cfg.lr * state.y, thr)
-            state.x = compressed_gossip(comm, codec, x_half, state.x_hat, state.s_x, cfg.gamma_x, ctx_x, state)
+            state.x = compressed_gossip(comm, codec, x_half, "x", cfg.gamma_x, ctx_x, state)
     elif a == "choco":
         assert codec is not None
         x_half = prox_l1(state.x - cfg.lr * g, thr)
         ctx = lambda j: Context(seed=cfg.seed, round=step, client_id=j)  # noqa: E731
-        state.x = compressed_gossip(comm, codec, x_half, state.x_hat, state.s_x, cfg.gamma_x, ctx, state)
+        state.x = compressed_gossip(comm, codec, x_half, "x", cfg.gamma_x, ctx, state)
     elif a == "allreduce":
         x_half = prox_l1(state.x - cfg.lr * g, thr)
         state.x = comm.all_mean(x_half)
+        nbytes = x_half.numel() * x_half.element_size()
+        ring = 2 * (comm.world - 1) * nbytes // comm.world  # what a ring all-reduce sends per peer
+        state.bytes_sent[-1] = state.bytes_sent.get(-1, 0) + ring  # -1: the collective, no single receiver
+        state.exchanges.append(-nbytes)  # negative: an all-reduce of this many bytes
     else:  # pragma: no cover - validated
         raise ConfigError("algorithm", f"unknown value {a!r}", ", ".join(ALGORITHMS))
 
@@ -181,7 +231,7 @@ class LocalNetwork:
 
 class _LocalNode:
     def __init__(self, net: LocalNetwork, rank: int) -> None:
-        self.net, self.rank = net, rank
+        self.net, self.rank, self.world = net, rank, net.n
         self.weights = {j: float(net.W[rank, j]) for j in [rank, *net.nbrs[rank]]}
 
     def exchange(self, payload: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -236,5 +286,5 @@ def run_reference(states: Sequence[PeerState], grad_fns: Sequence[Callable[[int,
         raise (real or errors)[0]
 
 
-__all__ = ["ALGORITHMS", "AlgoConfig", "PeerState", "prox_l1", "clip_norm", "mix", "compressed_gossip", "peer_step",
+__all__ = ["ALGORITHMS", "AlgoConfig", "PeerState", "prox_l1", "clip_norm", "mix", "is_exact", "Diverged", "compressed_gossip", "peer_step",
            "LocalNetwork", "run_reference"]

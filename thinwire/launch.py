@@ -13,6 +13,7 @@ on every node).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import secrets
@@ -23,6 +24,7 @@ from typing import Any
 from thinwire import config
 from thinwire.config import RunConfig, check_float, check_int
 from thinwire.errors import ConfigError, UserError
+from thinwire.rundir import resolve_run_dir
 
 log = logging.getLogger("thinwire.launch")
 
@@ -32,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     config.add_arguments(parser, RunConfig, skip=("workers",))
     add_serve_arguments(parser)
+    parser.set_defaults(port=0)  # the fleet learns the server's address from the driver: no fixed port needed
     g = parser.add_argument_group("ray")
     g.add_argument("--client-actors", type=int, default=2, help="client fleet actors (default: 2)")
     g.add_argument("--client-cpus", type=float, default=1.0, help="CPUs reserved per client actor (default: 1)")
@@ -57,6 +60,8 @@ class ServerActor:
 
         torch.set_num_threads(1)
         logging.basicConfig(level=logging.WARNING)
+        from thinwire.logs import setup_from_env
+        setup_from_env()  # the driver's -v / -vv
         self.ip = ray.util.get_node_ip_address()
         self.node_id = ray.get_runtime_context().get_node_id()
         cfg = build(RunConfig, cfg_dict)
@@ -76,9 +81,16 @@ class ServerActor:
             auth = Authenticator(shared=self.token)
         self.host = opts.host
         self.ps = ParameterServer(cfg, opts, resume=resume)
-        self.handle = ServerHandle(self.ps, ServerSecurity(creds, auth, [AuthInterceptor(auth)] if auth.enabled else []))
+        self.error = ""
+        try:
+            self.handle = ServerHandle(self.ps, ServerSecurity(creds, auth, [AuthInterceptor(auth)] if auth.enabled
+                                                               else []))
+        except UserError as e:  # e.g. the port is taken: the driver reports it as one line
+            self.error = str(e)
 
     def address(self) -> dict[str, Any]:
+        if self.error:
+            return {"error": self.error}
         return {"target": f"{self.host}:{self.handle.port}", "ca_pem": self.ca_pem, "token": self.token,
                 "node_id": self.node_id, "ip": self.ip}
 
@@ -158,6 +170,8 @@ def launch(cfg: RunConfig, opts, *, ray_address: str = "", client_actors: int = 
         server = ray.remote(num_cpus=server_cpus)(ServerActor).remote(
             config.to_dict(cfg), dataclasses.asdict(opts), resume, secure, server_host)
         addr = ray.get(server.address.remote(), timeout=300)
+        if "error" in addr:
+            raise UserError(addr["error"])
         pg = placement_group([{"CPU": client_cpus} for _ in groups], strategy="SPREAD")
         ray.get(pg.ready(), timeout=300)
         fleet_cls = ray.remote(num_cpus=client_cpus)(FleetActor)
@@ -174,21 +188,24 @@ def launch(cfg: RunConfig, opts, *, ray_address: str = "", client_actors: int = 
         t_end = time.monotonic() + timeout
         while True:
             ready, _ = ray.wait([done_ref], timeout=1.0)
+            if ready:
+                break
             if bar is not None:
                 try:
                     st = ray.get(server.status.remote(), timeout=10)
-                    bar.n = st["model_version"]
-                    bar.set_postfix(acc=f"{st['accuracy']:.3f}", alive=st["clients_alive"])
-                    bar.refresh()
                 except Exception:
-                    pass
-            if ready:
-                break
+                    st = None
+                if st is not None and st["model_version"] > bar.n:  # redraw only on progress
+                    bar.set_postfix(acc=f"{st['accuracy']:.3f}", alive=st["clients_alive"], refresh=False)
+                    bar.update(st["model_version"] - bar.n)
             if time.monotonic() > t_end:
                 raise UserError(f"timeout: run not finished after {timeout:g} s")
-        if bar is not None:
-            bar.close()
         result = ray.get(done_ref)
+        if bar is not None:  # the final state is drawn once, by close()
+            st = result["status"]
+            bar.n = st["model_version"]
+            bar.set_postfix(acc=f"{st['accuracy']:.3f}", alive=st["clients_alive"], refresh=False)
+            bar.close()
         fleets = ray.get(runs, timeout=300)
         result["fleets"] = fleets
         result["server_node"] = addr["node_id"]
@@ -221,6 +238,8 @@ def run(args: argparse.Namespace) -> int:
     from thinwire.server.command import serve_options
 
     cfg = config.from_args(RunConfig, args)
+    run_dir = resolve_run_dir(cfg.out_dir, cfg.name, command="launch", resume=args.resume, force=args.force)
+    cfg = dataclasses.replace(cfg, out_dir=str(run_dir.parent), name=run_dir.name)
     opts = serve_options(args)
     check_int("client_actors", args.client_actors, 1)
     check_float("client_cpus", args.client_cpus, 0.0, lo_open=True)

@@ -98,6 +98,33 @@ def shards_partition(labels: np.ndarray, num_clients: int, *, shards_per_client:
     return _finish([np.concatenate([shards[s] for s in row]) for row in deal])
 
 
+def label_pairs_partition(labels: np.ndarray, num_clients: int, *, num_classes: int | None = None,
+                          seed: int = 0) -> list[np.ndarray]:
+    """The CDProxSGT paper's split: class c belongs to pair min(c, C-1-c), so with 10 classes and
+    5 clients client i holds exactly classes {i, 9-i}.
+
+    With fewer clients than pairs, pair p goes to client p mod K; with more, the clients
+    k = p, p + P, p + 2P, ... share pair p's samples in a seeded near-equal split.
+    """
+    labels = _check(labels, num_clients)
+    C = int(num_classes or labels.max() + 1)
+    pairs = (C + 1) // 2
+    rng = np.random.default_rng(seed)
+    pair_of = np.minimum(labels, C - 1 - labels)
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for p in range(pairs):
+        owners = [k for k in range(num_clients) if k % pairs == p] or [p % num_clients]
+        idx = rng.permutation(np.flatnonzero(pair_of == p))
+        for k, chunk in zip(owners, np.array_split(idx, len(owners))):
+            parts[k].append(chunk)
+    out = [np.concatenate(b) if b else np.empty(0, np.int64) for b in parts]
+    empty = [k for k, p in enumerate(out) if len(p) == 0]
+    if empty:
+        raise ConfigError("partition", f"label-pairs leaves client {empty[0]} without samples "
+                          f"({C} classes for {num_clients} clients)", "iid, dirichlet")
+    return _finish(out)
+
+
 def partition_indices(labels: np.ndarray, num_clients: int, partition: str = "iid", *, alpha: float = 0.5,
                       shards_per_client: int = 2, seed: int = 0) -> list[np.ndarray]:
     """Dispatch by name; unknown names raise ConfigError listing the choices."""
@@ -105,6 +132,8 @@ def partition_indices(labels: np.ndarray, num_clients: int, partition: str = "ii
         return iid_partition(labels, num_clients, seed=seed)
     if partition == "dirichlet":
         return dirichlet_partition(labels, num_clients, alpha=alpha, seed=seed)
+    if partition == "label-pairs":
+        return label_pairs_partition(labels, num_clients, seed=seed)
     if partition == "shards":
         return shards_partition(labels, num_clients, shards_per_client=shards_per_client, seed=seed)
     if partition == "natural":

@@ -14,6 +14,14 @@ each call, with independent streams for its parameters, its training rows and it
 so a 10,000-client instance costs one size vector. The held-out 20% of each client is its local
 test set; the global test set is the union of the held-out slices (capped at `test_cap` rows each)
 of a seeded sample of `test_clients` clients (all of them when there are fewer).
+
+What is learnable: the shift u_k adds the same amount to every class's logit, so after the argmax
+each natural client labels its inputs with its own independent random linear model. A global model
+can only fit the clients it trains on: FedProx's Synthetic(1,1) (30 devices, all trained, each
+scored on its own held-out rows) reaches about 0.6-0.7 with FedAvg, while clients never selected in
+training are at chance level (no model beats 1/10 on an unseen client in expectation). So the
+natural partition needs few clients, each selected many times; Synthetic-IID (one shared model)
+learns at any number of clients.
 """
 from __future__ import annotations
 
@@ -136,6 +144,10 @@ class SyntheticDataset(FederatedDataset):
                 f"{len(self.test_client_ids())} clients' 20% slices (<= {self.test_cap} rows each)")
         if len(ids) < self.num_clients:
             note += f"; class statistics over {len(ids)} sampled clients"
+        if not self.iid:
+            note += ("\n  natural: each client labels with its own random linear model; only clients selected "
+                     "in training are predictable, unseen ones score at chance (1/10). Use few clients "
+                     "(FedProx: 30) or --partition iid")
         return describe(self.name, scheme, self._n_train, counts, NUM_CLASSES, note)
 
     def __getstate__(self) -> dict:

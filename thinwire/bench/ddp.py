@@ -3,7 +3,7 @@
 K gloo CPU workers (Ray actors from the peer layer) train the same LeNet on digits (and CIFAR-10
 when --cifar10-path is given) with identical data order, init and optimizer, once per variant:
 plain DDP, torch's fp16 hook, torch's PowerSGD hook (rank 1 and 4), thinwire's hook with EDEN
-1/2/4 bits and randblock + DEF. Bytes are counted by wrapping `torch.distributed`'s collectives in
+1/2/4 bits and randblock + DEF (hook-side momentum and weight decay, plain SGD). Bytes are counted by wrapping `torch.distributed`'s collectives in
 every worker (plain DDP's built-in all-reduce runs in C++: its 4 bytes x parameters is used), so
 torch's and thinwire's hooks are measured the same way. Time over a link assumes ring collectives:
 all-reduce sends 2(K-1)/K x payload per worker, all-gather (K-1) x payload.
@@ -107,12 +107,17 @@ class DDPBenchWorker(Peer):
             ps = psgd.PowerSGDState(process_group=None, matrix_approximation_rank=spec["rank"],
                                     start_powerSGD_iter=2, random_seed=seed)
             ddp.register_comm_hook(ps, psgd.powerSGD_hook)
-        elif kind == "thinwire":
-            hook, state = thinwire.ddp.comm_hook(codec=spec["codec"], feedback=spec["feedback"],
-                                                 coeff=spec.get("coeff", 0.3), seed=seed, model=model)
+        # error feedback: momentum and weight decay before compression, in the hook (the EF/DEF rule),
+        # plain SGD in the optimizer; otherwise torch's SGD applies them to the (unbiased) mean
+        hook_side = kind == "thinwire" and spec["feedback"] != "none"
+        if kind == "thinwire":
+            hook, state = thinwire.ddp.comm_hook(
+                codec=spec["codec"], feedback=spec["feedback"], coeff=spec.get("coeff", 0.3), seed=seed, model=model,
+                momentum=opts["momentum"] if hook_side else 0.0,
+                weight_decay=opts["weight_decay"] if hook_side else 0.0)
             ddp.register_comm_hook(state, hook)
-        opt = torch.optim.SGD(model.parameters(), lr=opts["lr"], momentum=opts["momentum"],
-                              weight_decay=opts["weight_decay"])
+        opt = torch.optim.SGD(model.parameters(), lr=opts["lr"], momentum=0.0 if hook_side else opts["momentum"],
+                              weight_decay=0.0 if hook_side else opts["weight_decay"])
         spe = steps_per_epoch(len(ds.y_train), self.world, opts["batch_size"])
         total = spe * opts["epochs"]
         milestones = [round(0.5 * total), round(0.75 * total)]
@@ -123,8 +128,7 @@ class DDPBenchWorker(Peer):
                 t0 = time.perf_counter()
                 idx = batch_indices(len(ds.y_train), self.world, opts["batch_size"], seed, t, self.rank)
                 opt.zero_grad()
-                ctx = state.detached(model, opt.param_groups[0]["lr"]) if state is not None \
-                    else contextlib.nullcontext()
+                ctx = state.step_context(opt) if hook_side else contextlib.nullcontext()
                 with ctx:
                     loss = F.cross_entropy(ddp(ds.x_train[idx]), ds.y_train[idx])
                     loss.backward()
@@ -136,7 +140,7 @@ class DDPBenchWorker(Peer):
             counted["bytes"] += 4 * numel * total
             counted["wire"] += 2.0 * (self.world - 1) / self.world * 4 * numel * total
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), (state.output_point() if state is not None else contextlib.nullcontext()):
             acc = float((model(ds.x_test).argmax(1) == ds.y_test).float().mean())
         return {"variant": name, "accuracy": acc, "params": numel, "steps": total,
                 "bytes_per_step": counted["bytes"] / total, "wire_bytes_per_step": counted["wire"] / total,

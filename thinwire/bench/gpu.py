@@ -108,14 +108,15 @@ def ddp_rows(dev: torch.device, steps: int, width: int) -> list[dict[str, Any]]:
             ddp = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
             state = None
             if codec:
-                hook, state = thinwire.ddp.comm_hook(codec=codec, feedback=fb, model=model)
+                hook, state = thinwire.ddp.comm_hook(codec=codec, feedback=fb, model=model, momentum=0.9)
                 ddp.register_comm_hook(state, hook)
-            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            # error feedback: momentum inside the hook, before compression; plain SGD applies the step
+            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.0 if state else 0.9)
             times, losses = [], []
             for t in range(steps):
                 t0 = time.perf_counter()
                 opt.zero_grad()
-                ctx = state.detached(model, 0.01) if state is not None else _null()
+                ctx = state.step_context(opt) if state is not None else _null()
                 with ctx:
                     loss = torch.nn.functional.cross_entropy(ddp(xs), ys)
                     loss.backward()

@@ -343,6 +343,23 @@ def bench_case(args, n: int, size_mb: float, tmp: Path) -> dict[str, Any]:
     }
 
 
+# Column headers carry their units; the legend says what each column measures (MB = 10^6 bytes).
+WIRE_COLUMNS = ["clients", "update MB", "streams", "ingest MB/s", "raw MB/s", "vs raw x", "p50 s", "p99 s",
+                "RSS idle MB", "RSS peak MB", "growth MB", "goal MB", "socket/payload x", "CPU s srv/cli",
+                "raw CPU s srv/cli"]
+WIRE_LEGEND = """\
+legend (MB = 10^6 bytes; s = seconds; x = ratio):
+  update MB          size of one client's update; streams = concurrent pushes in flight
+  ingest MB/s        update bytes the thinwire server received, checked and folded into FedAvg per second of push time
+  raw MB/s           the same bytes, chunks and streams sent to a bare gRPC method that only counts them
+  vs raw x           raw time / thinwire time (1.00 = as fast as the raw baseline)
+  p50 s, p99 s       median and 99th-percentile time of one push, first chunk sent to reply received
+  RSS idle/peak MB   server resident memory before round 0 (clients joined) / at its highest over all rounds
+  growth MB          peak - idle; goal MB = 2 x model (fp32) + 100 MB, the target for growth
+  socket/payload x   bytes on the server's socket per update byte (framing and control overhead)
+  CPU s srv/cli      CPU seconds of the server process / of this process's clients over the measured rounds"""
+
+
 def run(args: argparse.Namespace) -> int:
     if args.serve:
         (_serve_thinwire if args.serve == "thinwire" else _serve_raw)(args)
@@ -372,14 +389,13 @@ def run(args: argparse.Namespace) -> int:
         cases = [(n, s) for s in sizes for n in clients]
         for n, s in tqdm(cases, desc="bench wire", unit="case"):
             results.append(bench_case(args, n, s, Path(tmp)))
-    print(format_table(
-        ["clients", "MB", "streams", "MB/s", "raw MB/s", "vs raw", "p50 s", "p99 s", "RSS idle", "RSS peak",
-         "growth", "goal", "socket/payload", "CPU s srv/cli", "raw CPU s"],
+    print(format_table(WIRE_COLUMNS,
         [(r["clients"], r["update_mb"], r["streams"], r["ingest_mb_s"], r["raw_mb_s"], f"{r['ratio']:.2f}",
           r["p50_s"], r["p99_s"], f"{r['rss_idle_mb']:.0f}", f"{r['rss_peak_mb']:.0f}", f"{r['rss_growth_mb']:.0f}",
           f"{r['rss_goal_mb']:.0f}", f"{r['socket_per_payload']:.4f}",
           f"{r['server_cpu_s']:.2f}/{r['client_cpu_s']:.2f}", f"{r['raw_server_cpu_s']:.2f}/{r['raw_client_cpu_s']:.2f}")
          for r in results]))
+    print(WIRE_LEGEND)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0

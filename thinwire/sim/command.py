@@ -5,16 +5,20 @@ import argparse
 
 from thinwire import config
 from thinwire.config import RunConfig
+from thinwire.rundir import resolve_run_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     config.add_arguments(parser, RunConfig)
     parser.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    parser.add_argument("--force", action="store_true", help="overwrite the run directory --name if it holds a run")
     parser.add_argument("--no-plots", action="store_true", help="skip writing PNG plots at the end")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config.from_args(RunConfig, args)
+    run_dir = resolve_run_dir(cfg.out_dir, cfg.name, command="simulate", resume=args.resume, force=args.force)
+    cfg.out_dir, cfg.name = str(run_dir.parent), run_dir.name
     from .engine import results_table, simulate
 
     result = simulate(cfg, resume=args.resume)

@@ -42,9 +42,8 @@ class WorkerPool:
         # Keep Ray from rewriting CUDA_VISIBLE_DEVICES for CPU-only actors (and from warning about it).
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
         if not ray.is_initialized():
-            kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING,
-                                          log_to_driver=logging.getLogger().level <= logging.DEBUG,
-                                          configure_logging=False)
+            from thinwire.logs import ray_init_kwargs
+            kwargs: dict[str, Any] = dict(include_dashboard=False, configure_logging=False, **ray_init_kwargs())
             if cfg.ray_address:
                 ray.init(address=cfg.ray_address, **kwargs)
             else:

@@ -23,6 +23,8 @@ class SimWorker:
     """
 
     def __init__(self, cfg_dict: dict[str, Any], threads: int = 1) -> None:
+        from thinwire.logs import setup_from_env
+        setup_from_env()                    # -v / -vv of the driver, in this worker too
         torch.set_num_threads(threads)
         self.cfg = build(RunConfig, cfg_dict)
         load_run_plugins(self.cfg)          # user strategies / codecs / task kinds, in this process too
