@@ -117,6 +117,10 @@ class CodedGradients(Strategy):
         return Task.for_config(self.cfg, rnd, client_id, "coded_gradient", models=self.M, batch=self.batch,
                                job_seed=self.job_seed, load=self.scheme.load, units=units, abandon_late=True)
 
+    def max_result_bytes(self, model_numel: int) -> int:
+        """One result's bound: a float32 hi/lo pair of (model + loss) per slot, plus 1 MiB of framing."""
+        return self.scheme.slots * 2 * 4 * (model_numel + 1) + (1 << 20)
+
     def broadcast(self, rnd: int, global_vec: torch.Tensor) -> torch.Tensor:
         return self.models.reshape(-1)
 
