@@ -84,6 +84,7 @@ class FleetResult:
     retried: int = 0
     failed: int = 0
     push_seconds: list[float] = field(default_factory=list)   # wall time of each push call
+    abandoned: int = 0              # tasks given up before any push (their round closed meanwhile)
     bytes_up: dict[str, int] = field(default_factory=dict)
     bytes_down: dict[str, int] = field(default_factory=dict)
     finished: bool = False
@@ -97,7 +98,7 @@ class FleetResult:
         """'N pushes = a updates accepted + e already received + l late + r refused + t retried + f failed'."""
         parts = " + ".join(f"{getattr(self, o)} {'updates accepted' if o == 'accepted' else o.replace('_', ' ')}"
                            for o in PUSH_OUTCOMES)
-        return f"{self.pushes} pushes = {parts}"
+        return f"{self.pushes} pushes = {parts}" + (f"; {self.abandoned} tasks abandoned" if self.abandoned else "")
 
 
 def push_outcome(e: grpc.RpcError) -> str:
@@ -131,6 +132,9 @@ class Fleet:
         self._model_cache: tuple[int, torch.Tensor] | None = None
         self._model_lock = threading.Lock()
         self._local = threading.local()
+        self._watch_lock = threading.Lock()
+        self._watch_t = 0.0
+        self._server_round = -1
         self.result = FleetResult()
 
     # -- setup ----------------------------------------------------------------------------------
@@ -234,6 +238,16 @@ class Fleet:
                       x=vc.x, y=vc.y, state=state)
         if self.net is not None:               # emulate this device's compute speed / straggling
             modeled = self.net.compute_time(vc.cid, rnd, res.work) * self.time_scale
+            if task.params.get("abandon_late"):
+                # The task's result is worthless once its round closed (gradient coding: an erasure):
+                # stop "computing" then, as a cancelled worker would, instead of starting late next round.
+                while time.perf_counter() - t0 < modeled:
+                    if self._round_moved_past(vc.cid, rnd):
+                        log.info("client %d: round %d closed while computing; task abandoned", vc.cid, rnd)
+                        with self.lock:
+                            self.result.abandoned += 1
+                        return "abandoned"
+                    time.sleep(min(0.02, max(0.0, modeled - (time.perf_counter() - t0))))
             time.sleep(max(0.0, modeled - (time.perf_counter() - t0)))
         link = Link(self.net, vc.cid, "up", self.time_scale)
         t_push = time.perf_counter()
@@ -265,6 +279,18 @@ class Fleet:
             self.result.count(outcome, seconds)
             if outcome in ("accepted", "already_received"):
                 self.result.rounds_trained[vc.cid] = self.result.rounds_trained.get(vc.cid, 0) + 1
+
+    def _round_moved_past(self, cid: int, rnd: int) -> bool:
+        """Has the server opened a round after `rnd`? One heartbeat per fleet every 50 ms at most."""
+        with self._watch_lock:
+            now = time.monotonic()
+            if self._server_round <= rnd and now - self._watch_t >= 0.05:
+                self._watch_t = now
+                try:
+                    self._server_round = max(self._server_round, int(self.conn.heartbeat(cid, rnd).round))
+                except grpc.RpcError:
+                    pass
+            return self._server_round > rnd
 
     def _job(self, vc: VirtualClient, reply) -> None:
         try:

@@ -58,7 +58,7 @@ class KindOutput:
 KindFn = Callable[[ClientContext, Task], KindOutput]
 _KINDS: dict[str, KindFn] = {}
 #: built-in kinds defined in their own modules, imported on first use: name -> module
-BUILTIN_MODULES: dict[str, str] = {"jacobian": "thinwire.client.ntk_kind"}
+BUILTIN_MODULES: dict[str, str] = {"jacobian": "thinwire.client.ntk_kind", "coded_gradient": "thinwire.client.coded_gradient"}
 
 
 def register_kind(name: str, fn: KindFn | None = None):

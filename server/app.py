@@ -33,6 +33,7 @@ from thinwire.task import Task, result_header
 from thinwire.transport import BufferBudget, ByteCounter, Reassembly, WireError, sha256
 
 from .rounds import ACCEPTED_LOG, Arrival, Lost, RoundEngine
+from .strategy import make_strategy
 
 log = logging.getLogger("thinwire.server")
 VERDICT_WAIT = 0.25          # how often a pushing thread waiting for the engine checks for a stop
@@ -46,7 +47,7 @@ class ServeOptions:
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 5.0      # a client silent this long is gone (its round slot freed)
     join_wait: float = 30.0             # wait this long for ceil(K*overcommit) live clients, then take what is there
-    max_update_bytes: int = 0           # per push; 0 = 4 x the fp32 model + 1 MiB
+    max_update_bytes: int = 0           # per push; 0 = the strategy's bound, else 4 x the fp32 model + 1 MiB
     buffer_budget: int = 0              # reassembly bytes across pushes in flight; 0 = max(32 MiB, 2 fp32 pushes)
     push_wait: float = 60.0             # how long a push waits for buffer budget before UNAVAILABLE
     emulate: bool = False               # apply the run's fault model on every client link
@@ -98,10 +99,14 @@ class ParameterServer:
         self.codec = compression.from_spec(cfg.codec)
         self.holes_ok = cfg.loss_policy == "holes" and self.codec.supports_holes
         model_bytes = 4 * self.numel
-        self.max_update_bytes = opts.max_update_bytes or 4 * model_bytes + (1 << 20)
+        strategy = make_strategy(cfg)
+        # Default per-push limit: the strategy's bound on one result (e.g. NTK-FL's Jacobians, ~N_m x
+        # d_2 x the model) or, for model-sized deltas, 4 x the fp32 model + 1 MiB; --max-update-mb wins.
+        bound = strategy.max_result_bytes(self.numel)
+        self.max_update_bytes = opts.max_update_bytes or (int(bound) if bound else 4 * model_bytes + (1 << 20))
         # Default: two full-precision pushes (with their per-push overhead), so one is received
         # while the other is checked and folded into the sum.
-        push = Reassembly.charge(model_bytes + (1 << 16), cfg.chunk_size)
+        push = Reassembly.charge(max(model_bytes, int(bound or 0)) + (1 << 16), cfg.chunk_size)
         self.budget = BufferBudget(opts.buffer_budget or max(32 << 20, 2 * push))
         self.up, self.down = ByteCounter(), ByteCounter()
         self.lock = threading.RLock()
@@ -117,7 +122,7 @@ class ParameterServer:
         self.rejected = 0
         self._blobs: dict[tuple[int, str], tuple[bytes, int, bytes]] = {}
         self._io0: tuple[dict[str, int], dict[str, int]] | None = None
-        self.engine = RoundEngine(cfg, self, init_vec, evaluator=evaluator, resume=resume,
+        self.engine = RoundEngine(cfg, self, init_vec, evaluator=evaluator, strategy=strategy, resume=resume,
                                   checkpoints=opts.checkpoint, should_stop=self.stop_event.is_set)
         self.rounds_done = self.engine.rounds_done
         self._broadcast = self.engine.global_vec

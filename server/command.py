@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import signal
 import threading
@@ -14,7 +13,7 @@ import time
 from thinwire import config
 from thinwire.config import RunConfig, check_float, check_int
 from thinwire.errors import ConfigError
-from thinwire.rundir import resolve_run_dir
+from thinwire.rundir import in_run_dir
 from thinwire.security import add_tls_arguments, server_security
 
 from .app import ServeOptions
@@ -34,7 +33,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                    help="a client silent this long is considered gone (default: %(default)s)")
     g.add_argument("--join-wait", type=float, default=d.join_wait,
                    help="seconds to wait for enough live clients before selecting those present")
-    g.add_argument("--max-update-mb", type=float, default=0.0, help="encoded update size limit (0 = 4x model + 1 MiB)")
+    g.add_argument("--max-update-mb", type=float, default=0.0, help="encoded update size limit (0 = the strategy's bound, e.g. ntk's Jacobian size, else 4x model + 1 MiB)")
     g.add_argument("--buffer-mb", type=float, default=0.0,
                    help="memory for reassembling pushes in flight (0 = max(32 MiB, 2 fp32 pushes))")
     g.add_argument("--emulate", action="store_true",
@@ -125,8 +124,7 @@ def run(args: argparse.Namespace) -> int:
     from thinwire.paths import make_dir
 
     cfg = config.from_args(RunConfig, args)
-    run_dir = resolve_run_dir(cfg.out_dir, cfg.name, command="server", resume=args.resume, force=args.force)
-    cfg = dataclasses.replace(cfg, out_dir=str(run_dir.parent), name=run_dir.name)
+    cfg = in_run_dir(cfg, "server", resume=args.resume, force=args.force)
     opts = serve_options(args)
     security = server_security(args)
     make_dir("out_dir", cfg.run_dir)

@@ -33,14 +33,27 @@ class NTKStrategy(Strategy):
         self.settings = NTKSettings.from_config(cfg)
         data = dataset_from_config(cfg)
         self._check_round_size(data)
+        self._num_classes = data.num_classes
+        self._max_rows = max((self._rows(int(s)) for s in data.client_sizes()), default=0)
         model = model_from_config(cfg, data)
         x_val, y_val = validation_split(data, cfg.ntk_val_fraction, cfg.seed)
         self.state = NTKRound(self.settings, model, model_spec(model), x_val, y_val, data.num_classes)
 
+    def _rows(self, size: int) -> int:
+        """Samples a client of `size` uploads after --ntk-subsample (as client.jacobian.subsample_indices)."""
+        return max(1, math.ceil(self.settings.subsample * size - 1e-9)) if size > 0 else 0
+
+    def max_result_bytes(self, model_numel: int) -> int:
+        """One result's bound: the largest client's rows x d_2 x (d or d') fp32 Jacobian, its fp32
+        outputs and int64 labels, plus 1 MiB for headers and codec framing (codecs do not exceed fp32)."""
+        n, d2 = self._max_rows, self._num_classes
+        cols = self.settings.project or model_numel
+        return 4 * n * d2 * cols + 4 * n * d2 + 8 * n + (1 << 20)
+
     def _check_round_size(self, data) -> None:
         """Refuse up front (one line) a run whose largest possible round passes the N limit."""
         sizes = sorted((int(s) for s in data.client_sizes()), reverse=True)[: self.cfg.selected_per_round]
-        worst = sum(max(1, math.ceil(self.settings.subsample * s - 1e-9)) for s in sizes if s > 0)
+        worst = sum(self._rows(s) for s in sizes if s > 0)
         try:
             ntk.check_kernel_size(worst, self.settings.max_samples)
         except ntk.KernelTooLarge as e:

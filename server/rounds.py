@@ -166,7 +166,7 @@ class RoundEngine:
         candidates = self.transport.candidates(rnd)
         if candidates is None:
             return None
-        strategy, cfg = self.strategy, self.cfg
+        strategy = self.strategy
         selected = sorted(strategy.select(rnd, candidates, self.policy))
         tasks = {cid: strategy.configure_client(rnd, cid) for cid in selected}
         self.tasks_by_round[rnd] = tasks

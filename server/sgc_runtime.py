@@ -8,7 +8,7 @@ the last job decodes. Delays at the scheme's load are load-0 delays + load x sec
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+
 
 import numpy as np
 

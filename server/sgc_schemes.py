@@ -192,6 +192,37 @@ class Scheme:
     def release(self, t: int) -> None:
         self.books.pop(t, None)
 
+    # -- checkpoints (tensors and plain values only: they are loaded with weights_only) -----------
+    def state_dict(self) -> dict:
+        import torch
+
+        def arrs(xs):
+            return [torch.from_numpy(np.array(x)) for x in xs]
+        books = {int(t): {"have": arrs(b.have), "seq": arrs(b.seq), "src": arrs(b.src), "count": list(b.count)}
+                 for t, b in self.books.items()}
+        return {"books": books, "decoded": dict(self.decoded), "hist": torch.from_numpy(self.hist.copy()),
+                "seq": self._seq, "fallbacks": self.fallbacks, "extra": self._extra_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.books = {}
+        for t, b in state["books"].items():
+            book = _JobBook(self.groups)
+            book.have = [x.numpy().copy() for x in b["have"]]
+            book.seq = [x.numpy().copy() for x in b["seq"]]
+            book.src = [x.numpy().copy() for x in b["src"]]
+            book.count = list(b["count"])
+            self.books[int(t)] = book
+        self.decoded = {int(k): int(v) for k, v in state["decoded"].items()}
+        self.hist = state["hist"].numpy().copy()
+        self._seq, self.fallbacks = int(state["seq"]), int(state["fallbacks"])
+        self._load_extra_state(state["extra"])
+
+    def _extra_state(self) -> dict:
+        return {}
+
+    def _load_extra_state(self, state: dict) -> None:
+        pass
+
 
 # -- the four schemes ----------------------------------------------------------------------------
 class GC(Scheme):
@@ -254,6 +285,12 @@ class SRSGC(Scheme):
             if v > self.s:
                 job[missing[: v - self.s]] = j
         return Plan(r, job[:, None], np.zeros((n, 1), np.int64), np.arange(n)[:, None].copy())
+
+    def _extra_state(self) -> dict:
+        return {"busy": list(self._busy)}
+
+    def _load_extra_state(self, state: dict) -> None:
+        self._busy = [bool(b) for b in state.get("busy", [])]
 
     def _note_round(self, plan: Plan, strag: np.ndarray) -> None:
         self._busy.append(bool((plan.job[:, 0] == plan.round - self.B).any()))

@@ -83,6 +83,12 @@ class Strategy:
             if model_shaped and numel != model_numel:
                 raise ValueError(f"update: tensor {name!r} has {numel} elements, the model has {model_numel}")
 
+    def max_result_bytes(self, model_numel: int) -> int | None:
+        """Upper bound on one client's serialised result (bytes), for strategies whose results are
+        not model-sized; the served parameter server uses it as its default per-push limit (an
+        explicit --max-update-mb still wins). None: the server's default for model deltas."""
+        return None
+
     # -- aggregate ---------------------------------------------------------------------------
     def begin_round(self, rnd: int, global_vec: torch.Tensor) -> None:
         raise NotImplementedError
@@ -206,7 +212,8 @@ class FedAvgM(FedAvg):
 # -- registry ---------------------------------------------------------------------------------
 _REGISTRY: dict[str, Callable[[Any], Strategy]] = {"fedavg": FedAvg, "fedavgm": FedAvgM}
 #: built-in strategies defined in their own modules, imported on first use: name -> module
-BUILTIN_MODULES: dict[str, str] = {"ntk": "thinwire.server.ntk_strategy"}
+BUILTIN_MODULES: dict[str, str] = {"ntk": "thinwire.server.ntk_strategy",
+                                   **{name: "thinwire.server.sgc_strategy" for name in ("uncoded", "gc", "sr-sgc", "m-sgc")}}
 
 
 def register(name: str, factory: Callable[[Any], Strategy] | None = None):

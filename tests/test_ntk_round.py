@@ -146,3 +146,24 @@ def test_config_parses_ntk_flags_from_strings():
                             "ntk_subsample": "0.5"})
     s = NTKSettings.from_config(cfg)
     assert s.taus == (10, 20) and s.project == 64 and s.shuffle and s.subsample == 0.5
+
+
+def test_served_push_limit_defaults_to_the_strategy_bound(tmp_path):
+    """The parameter server's default per-push limit is the ntk strategy's Jacobian bound (the
+    largest client's rows x d_2 x d fp32, or x d' when projected), not the model-delta default; an
+    explicit limit still wins, and model-delta strategies keep 4 x the fp32 model + 1 MiB."""
+    from thinwire.data import dataset_from_config
+    from thinwire.server.app import ParameterServer, ServeOptions
+
+    kw = {"out_dir": str(tmp_path), "dataset": "digits", "clients": 20, "per_round": 4, "progress": False}
+    d = 64 * 64 + 64 + 64 * 64 + 64 + 64 * 10 + 10
+    for extra, cols, frac in (({}, d, 1.0), ({"ntk_project": 300, "ntk_subsample": 0.5}, 300, 0.5)):
+        cfg = build(RunConfig, {**kw, "name": f"ntk{cols}", "strategy": "ntk", **extra})
+        n = max(max(1, -(-int(s) * frac // 1)) for s in dataset_from_config(cfg).client_sizes())
+        body = 4 * int(n) * 10 * cols + 4 * int(n) * 10 + 4 * int(n)      # what the largest client sends
+        ps = ParameterServer(cfg, ServeOptions(port=0))
+        assert body < ps.max_update_bytes <= 2 * body + (2 << 20), (ps.max_update_bytes, body)
+        assert ps.max_update_bytes > 4 * 4 * d + (1 << 20) or cols < d     # above the model-delta default
+        assert ParameterServer(cfg, ServeOptions(port=0, max_update_bytes=12345)).max_update_bytes == 12345
+    cfg = build(RunConfig, {**kw, "name": "fedavg", "strategy": "fedavg"})
+    assert ParameterServer(cfg, ServeOptions(port=0)).max_update_bytes == 4 * 4 * d + (1 << 20)

@@ -56,8 +56,8 @@ def test_served_ntk_two_rounds(tmp_path):
     server = subprocess.Popen(
         [sys.executable, "-m", "thinwire.cli", "server", "--insecure", "--host", "127.0.0.1", "--port", str(port),
          "--out-dir", str(tmp_path), "--name", "served", "--no-progress", "--clients", "4", "--per-round", "2",
-         "--rounds", "2", "--strategy", "ntk", "--ntk-taus", "10,50", "--ntk-eta", "0.05", "--linger", "2",
-         "--max-update-mb", "400"],  # Jacobian results are ~N_m x d_2 x the model: raise the push limit
+         "--rounds", "2", "--strategy", "ntk", "--ntk-taus", "10,50", "--ntk-eta", "0.05", "--linger", "2"],
+        # no --max-update-mb: the ntk strategy sizes the push limit for its Jacobian results
         stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT, env=env)
     client = subprocess.Popen(
         [sys.executable, "-m", "thinwire.cli", "client", "--insecure", "--server", f"127.0.0.1:{port}",

@@ -17,8 +17,8 @@ import torch
 from thinwire import compression
 from thinwire.config import RunConfig
 from thinwire.errors import ConfigError
-from thinwire.server.rounds import Arrival, Lost, RoundEngine
-from thinwire.server.strategy import FedAvg, Result, RoundView
+from thinwire.server.rounds import Arrival, RoundEngine
+from thinwire.server.strategy import FedAvg, RoundView
 from thinwire.task import Task, decode_result, pack_result, unpack_result
 
 NUMEL = 6

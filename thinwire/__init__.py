@@ -16,7 +16,7 @@ def simulate(cfg=None, *, data=None, test_data=None, resume: bool = False, force
     """
     from .config import RunConfig, build, to_dict
     from .data import FederatedDataset, from_user_data
-    from .rundir import resolve_run_dir
+    from .rundir import in_run_dir
     from .sim.engine import simulate as _simulate
 
     values = to_dict(cfg) if cfg is not None else {}
@@ -43,8 +43,7 @@ def simulate(cfg=None, *, data=None, test_data=None, resume: bool = False, force
         from .errors import ConfigError
         raise ConfigError("test_data", "given without data", "pass data= too")
     run_cfg = build(RunConfig, values)
-    run_dir = resolve_run_dir(run_cfg.out_dir, run_cfg.name, command="simulate", resume=resume, force=force)
-    run_cfg.out_dir, run_cfg.name = str(run_dir.parent), run_dir.name
+    run_cfg = in_run_dir(run_cfg, "simulate", resume=resume, force=force)
     if fed is None:
         return _simulate(run_cfg, resume=resume)
     return _simulate(run_cfg, resume=resume, data=fed)

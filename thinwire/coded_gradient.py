@@ -1,11 +1,11 @@
 """Partial gradients of sample ranges of a job batch, and the coded combinations gradient-coding
-workers send. Shared by the `coded_gradient` client task and the SGC benchmark's trainer.
+workers send (the `coded_gradient` task kind); the job batches are shared with the SGC bench.
 
 The job's gradient is the mean-loss gradient over the job batch, so the partial gradient of a
 range is d/dw [sum of its losses] / batch: the partial gradients of any partition of the batch sum
 to the job gradient exactly, which is what makes coded training equal to uncoded training.
-Combinations are formed in float64: decoding coefficients of cyclic codes reach ~1e4, so float32
-messages would lose the exactness the decoding guarantees.
+Combinations are formed in float64 and travel as a float32 hi/lo pair: decoding coefficients of
+cyclic codes reach ~1e4, so float32 messages would lose the exactness the decoding guarantees.
 """
 from __future__ import annotations
 
@@ -14,52 +14,57 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def param_vector(model: nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+def job_indices(seed: int, job: int, n_train: int, batch: int) -> torch.Tensor:
+    """The full-job batch of job `job`: `batch` training-set indices drawn (with replacement) from
+    a generator seeded by (seed, job), so master, workers and the uncoded baseline agree."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(job))
+    return torch.randint(int(n_train), (int(batch),), generator=g)
 
 
-def set_param_vector(model: nn.Module, vec: torch.Tensor) -> None:
-    off = 0
-    with torch.no_grad():
-        for p in model.parameters():
-            k = p.numel()
-            p.copy_(vec[off:off + k].view_as(p).to(p.dtype))
-            off += k
+def flat_grad(model: nn.Module) -> torch.Tensor:
+    """float64 gradient laid out like the model's flat vector (thinwire.training.get_flat: the float
+    state-dict entries in order; buffers such as BN statistics get zero)."""
+    from thinwire.training import state_items
+
+    params = dict(model.named_parameters())
+    out = []
+    for name, t in state_items(model):
+        p = params.get(name)
+        g = p.grad if p is not None and p.grad is not None else None
+        out.append((g if g is not None else torch.zeros_like(t)).reshape(-1).double())
+    return torch.cat(out)
 
 
-def range_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lo: int, hi: int, total: int) -> torch.Tensor:
-    """Flat float64 gradient of sum(loss over samples lo..hi-1) / total."""
+def range_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lo: int, hi: int, total: int,
+                   ) -> tuple[torch.Tensor, float]:
+    """(flat float64 gradient, value) of sum(loss over samples lo..hi-1) / total."""
     model.zero_grad(set_to_none=True)
     loss = F.cross_entropy(model(x[lo:hi]), y[lo:hi], reduction="sum") / total
     loss.backward()
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).double()
-                      for p in model.parameters()])
+    return flat_grad(model), float(loss.detach())
 
 
 def coded_message(model: nn.Module, x: torch.Tensor, y: torch.Tensor, segments, total: int) -> torch.Tensor:
-    """sum over (lo, hi, coef) of coef * range_gradient: one worker's message for one unit."""
+    """One worker's message for one unit: sum over (lo, hi, coef) of coef * [range gradient, range
+    loss] (float64, flat model layout + 1). Decoding the last entry gives the job's mean loss."""
     out = None
     for lo, hi, coef in segments:
-        g = range_gradient(model, x, y, lo, hi, total)
-        out = g.mul_(coef) if out is None else out.add_(g, alpha=coef)
+        g, loss = range_gradient(model, x, y, int(lo), int(hi), total)
+        part = torch.cat([g, torch.tensor([loss], dtype=torch.float64)])
+        out = part.mul_(float(coef)) if out is None else out.add_(part, alpha=float(coef))
     if out is None:
-        out = torch.zeros(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+        from thinwire.training import get_flat
+        out = torch.zeros(get_flat(model).numel() + 1, dtype=torch.float64)
     return out
 
 
-def partition_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bounds, total: int) -> torch.Tensor:
-    """(parts x d) float64 partial gradients of consecutive ranges bounds[k]..bounds[k+1], from one
-    batched per-sample gradient pass (torch.func) instead of one backward pass per range."""
-    from torch.func import functional_call, grad, vmap
+def split_hi_lo(v: torch.Tensor) -> torch.Tensor:
+    """float64 -> (2, d) float32 [hi, lo] with hi + lo == v to ~48 bits: what the float32 identity
+    codec carries losslessly (decoding coefficients reach ~1e4, so float32 alone would not do)."""
+    hi = v.float()
+    return torch.stack([hi, (v - hi.double()).float()])
 
-    params = {k: v.detach() for k, v in model.named_parameters()}
 
-    def loss_one(p, xi, yi):
-        return F.cross_entropy(functional_call(model, p, (xi[None],)), yi[None], reduction="sum")
-
-    lo, hi = int(bounds[0]), int(bounds[-1])
-    per = vmap(grad(loss_one), in_dims=(None, 0, 0))(params, x[lo:hi], y[lo:hi])
-    flat = torch.cat([per[k].reshape(hi - lo, -1) for k in params], dim=1).double() / total
-    idx = torch.as_tensor([int(b) - lo for b in bounds], dtype=torch.long)
-    csum = torch.cat([torch.zeros(1, flat.shape[1], dtype=torch.float64), flat.cumsum(0)])
-    return csum[idx[1:]] - csum[idx[:-1]]
+def join_hi_lo(t: torch.Tensor) -> torch.Tensor:
+    t = t.reshape(2, -1)
+    return t[0].double() + t[1].double()

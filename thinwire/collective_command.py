@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from . import config
 from .collective import AllreduceConfig, run_allreduce
-from .rundir import resolve_run_dir
+from .rundir import in_run_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,8 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config.from_args(AllreduceConfig, args)
-    run_dir = resolve_run_dir(cfg.out_dir, cfg.name, command="allreduce", force=args.force)
-    cfg = dataclasses.replace(cfg, out_dir=str(run_dir.parent), name=run_dir.name)
+    cfg = in_run_dir(cfg, "allreduce", force=args.force)
     s = run_allreduce(cfg)
     print(f"{s['method']} {s['codec']} ({s['collective']}): final accuracy {s['final_accuracy']:.4f} (best {s['best_accuracy']:.4f}) after "
           f"{s['steps']} steps on {s['workers']} {s['backend']} workers; collective payload "

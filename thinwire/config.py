@@ -28,11 +28,13 @@ DATASETS = ("digits", "synthetic", "mnist", "fashion-mnist", "cifar10", "npz", "
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 MODELS_HELP = "mlp, lenet, logreg or module:function"
 PROFILES = ("uniform", "lognormal", "mobile", "datacenter", "trace")
-STRAGGLER_MODELS = ("none", "iid", "gilbert", "trace")
+STRAGGLER_MODELS = ("none", "iid", "gilbert", "trace", "bursty")
 LOSS_MODELS = ("none", "iid", "gilbert")
 LOSS_POLICIES = ("retransmit", "holes")
 NTK_LOSSES = ("ce", "mse")
 FEEDBACK = ("none", "ef", "def", "defa")
+GC_CODES = ("cyclic", "fractional")
+SGC_STRATEGIES = ("uncoded", "gc", "sr-sgc", "m-sgc")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -161,6 +163,15 @@ class RunConfig:
     server_lr: float = _f(1.0, "server learning rate applied to the aggregated update")
     server_momentum: float = _f(0.9, "server momentum of fedavgm (ignored by plain fedavg); 0.9 keeps tiny "
                                 "non-IID clients moving")
+    # sequential gradient coding (--strategy uncoded, gc, sr-sgc, m-sgc)
+    gc_s: int = _f(1, "gc: stragglers tolerated per round (s)")
+    gc_code: str = _f("cyclic", "gc code: cyclic or fractional (needs s+1 to divide clients)", choices=GC_CODES)
+    sgc_b: int = _f(1, "sr-sgc / m-sgc: burst length B")
+    sgc_w: int = _f(2, "sr-sgc / m-sgc: window W")
+    sgc_lambda: int = _f(1, "sr-sgc / m-sgc: stragglers per window (lambda)")
+    mu: float = _f(1.0, "gradient coding: workers slower than (1 + mu) x the fastest are stragglers")
+    models: int = _f(0, "gradient coding: models trained round-robin (job t -> model t mod M); 0 = delay T + 1")
+    job_batch: int = _f(512, "gradient coding: samples of the training set in each job's gradient")
     # NTK-FL / CP-NTK-FL (--strategy ntk)
     ntk_loss: str = _f("ce", "NTK-FL training loss of the kernel flow", choices=NTK_LOSSES)
     ntk_taus: list = _f([100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1500, 2000],
@@ -191,6 +202,10 @@ class RunConfig:
     straggler_prob: float = _f(0.0, "probability a client straggles in a round (iid) / stationary bad-state share")
     straggler_slowdown: float = _f(5.0, "compute slowdown factor of a straggler")
     straggler_burst: float = _f(5.0, "mean burst length in rounds for --stragglers gilbert")
+    straggler_bursty: list = _f([1, 2, 27], "B,W,lambda of the --stragglers bursty generator (bursts <= B rounds, "
+                                "<= lambda distinct stragglers in any W rounds; --straggler-prob starts bursts, "
+                                "--straggler-slowdown is a straggler's least slowdown, with a heavy tail)")
+    load0_s: float = _f(0.8, "--stragglers bursty: a worker's typical per-round time at zero load, in seconds")
     loss: str = _f("none", "packet loss model", choices=LOSS_MODELS)
     loss_prob: float = _f(0.0, "chunk loss probability (iid) or mean loss rate (gilbert)")
     loss_burst: float = _f(3.0, "mean burst length in chunks for --loss gilbert")
@@ -268,11 +283,34 @@ class RunConfig:
         if self.stragglers == "trace":
             check_file("straggler_trace", self.straggler_trace)
         check_int("workers", self.workers, 0)
+        self._validate_sgc()
         if self.tensorboard:
             from .metrics import TENSORBOARD_MISSING, tensorboard_available
             if not tensorboard_available():
                 raise ConfigError("tensorboard", TENSORBOARD_MISSING)
         return self
+
+    def _validate_sgc(self) -> None:
+        """Gradient coding settings (the strategy checks the scheme's own parameter rules)."""
+        check_int("gc_s", self.gc_s, 0)
+        check_choice("gc_code", self.gc_code, GC_CODES)
+        check_int("sgc_b", self.sgc_b, 1)
+        check_int("sgc_w", self.sgc_w, 2)
+        check_int("sgc_lambda", self.sgc_lambda, 1)
+        check_float("mu", self.mu, 0.0)
+        check_int("models", self.models, 0)
+        check_int("job_batch", self.job_batch, 1)
+        check_float("load0_s", self.load0_s, 0.0)
+        b = self.straggler_bursty
+        if len(b) != 3 or any(isinstance(v, bool) or not isinstance(v, int) for v in b) or not 1 <= b[0] < b[1] \
+                or b[2] < 1:
+            raise ConfigError("straggler_bursty", f"bad B,W,lambda {b!r}", "three integers with 1 <= B < W and lambda >= 1")
+        if self.stragglers == "bursty" and b[2] > self.clients:
+            raise ConfigError("straggler_bursty", f"lambda {b[2]} exceeds clients={self.clients}", f"lambda <= {self.clients}")
+        if self.strategy in SGC_STRATEGIES:
+            from thinwire.server.sgc_strategy import check_config
+            check_config(self)
+
 
     def _validate_ntk(self) -> None:
         check_choice("ntk_loss", self.ntk_loss, NTK_LOSSES)

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from . import config
 from .gossip_engine import DecentralizedConfig, run_decentralized
 from .metrics import human_bytes
-from .rundir import resolve_run_dir
+from .rundir import in_run_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,8 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config.from_args(DecentralizedConfig, args)
-    run_dir = resolve_run_dir(cfg.out_dir, cfg.name, command="decentralized", force=args.force)
-    cfg = dataclasses.replace(cfg, out_dir=str(run_dir.parent), name=run_dir.name)
+    cfg = in_run_dir(cfg, "decentralized", force=args.force)
     s = run_decentralized(cfg)
     print(f"{s['algorithm']} ({s['codec']}) on {s['workers']} peers, {s['topology']} ({s['mixing']}, spectral gap "
           f"{s['spectral_gap']:.3f}), {s['partition']} split, {s['engine']}/{s['backend']}: accuracy of x-bar "

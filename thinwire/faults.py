@@ -7,7 +7,9 @@ exactly the same speeds, stragglers and lost chunks for the same seed.
 - Profiles give each client a compute speed, up/down bandwidth and latency (named distributions or
   a CSV trace, FedScale-style).
 - Stragglers slow a client's compute by a factor: i.i.d. per round, bursty two-state
-  Gilbert-Elliott over rounds, or a trace of (client, round, slowdown).
+  Gilbert-Elliott over rounds, or a trace of (client, round, slowdown). `bursty` is the
+  sequential-gradient-coding delay profile instead: a (B, W, lambda)-bursty straggler pattern over
+  the fleet, a heavy-tailed load-0 time per (client, round), and compute = load-0 time + work.
 - Packet loss cuts a payload into chunks, each lost i.i.d. or by a Gilbert-Elliott burst process;
   the loss policy either retransmits (costing time) or delivers with holes.
 """
@@ -110,7 +112,8 @@ class NetworkModel:
                  stragglers: str = "none", straggler_prob: float = 0.0, straggler_slowdown: float = 5.0,
                  straggler_burst: float = 5.0, straggler_trace: str = "", loss: str = "none",
                  loss_prob: float = 0.0, loss_burst: float = 3.0, loss_policy: str = "retransmit",
-                 chunk_size: int = 65536) -> None:
+                 chunk_size: int = 65536, clients: int = 0, rounds: int = 0,
+                 straggler_bursty: Sequence[int] = (1, 2, 27), load0_s: float = 0.8) -> None:
         self.seed = seed
         self.profile_name = profile
         self.bandwidth_bps = bandwidth_mbps * 1e6
@@ -128,6 +131,10 @@ class NetworkModel:
         self._profile_rows = read_profile_trace(trace) if profile == "trace" else None
         self._straggle_rows = read_straggler_trace(straggler_trace or trace) if stragglers == "trace" else None
         self._profile_cached = lru_cache(maxsize=65536)(self._make_profile)
+        self.clients, self.rounds = int(clients), max(int(rounds), 1)
+        self.straggler_bursty = tuple(int(v) for v in straggler_bursty)
+        self.load0_s = load0_s
+        self._bursty: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def from_config(cls, cfg: "RunConfig") -> "NetworkModel":
@@ -136,7 +143,8 @@ class NetworkModel:
                    straggler_prob=cfg.straggler_prob, straggler_slowdown=cfg.straggler_slowdown,
                    straggler_burst=cfg.straggler_burst, straggler_trace=cfg.straggler_trace, loss=cfg.loss,
                    loss_prob=cfg.loss_prob, loss_burst=cfg.loss_burst, loss_policy=cfg.loss_policy,
-                   chunk_size=cfg.chunk_size)
+                   chunk_size=cfg.chunk_size, clients=cfg.clients, rounds=cfg.rounds,
+                   straggler_bursty=cfg.straggler_bursty, load0_s=cfg.load0_s)
 
     # -- profiles --------------------------------------------------------------------------
     def profile(self, k: int) -> ClientProfile:
@@ -167,8 +175,26 @@ class NetworkModel:
         raise ConfigError("profile", f"unknown profile {name!r}", "uniform, lognormal, mobile, datacenter, trace")
 
     # -- stragglers --------------------------------------------------------------------------
+    def bursty_profile(self) -> tuple[np.ndarray, np.ndarray]:
+        """--stragglers bursty: the (clients x rounds) straggler pattern, (B, W, lambda)-bursty with
+        bursts started at rate straggler_prob, and the load-0 times it implies (heavy-tailed for
+        stragglers, at least straggler_slowdown x the round's typical time). Rounds past the run's
+        length wrap around. Built once: the lambda budget couples the clients of a round."""
+        if self._bursty is None:
+            if self.clients < 1:
+                raise ConfigError("clients", "the bursty straggler model needs the fleet size", ">= 1")
+            B, W, lam = self.straggler_bursty
+            pat = bursty_pattern(self.clients, self.rounds, B, W, min(lam, self.clients), self.straggler_prob,
+                                 seed=self.seed)
+            self._bursty = (pat, load0_profile(pat, seed=self.seed, base_s=self.load0_s,
+                                               slow_min=self.straggler_slowdown))
+        return self._bursty
+
     def straggler_factor(self, k: int, rnd: int) -> float:
         """Compute slowdown of client k in round rnd (1.0 = on time)."""
+        if self.stragglers == "bursty":
+            pat = self.bursty_profile()[0]
+            return self.straggler_slowdown if pat[k % pat.shape[0], rnd % pat.shape[1]] else 1.0
         if self.stragglers == "none" or (self.stragglers != "trace" and self.straggler_prob <= 0):
             return 1.0
         if self.stragglers == "iid":
@@ -178,11 +204,17 @@ class NetworkModel:
             return self.straggler_slowdown if path[rnd] else 1.0
         if self.stragglers == "trace":
             return self._straggle_rows.get((k, rnd), 1.0)  # type: ignore[union-attr]
-        raise ConfigError("stragglers", f"unknown model {self.stragglers!r}", "none, iid, gilbert, trace")
+        raise ConfigError("stragglers", f"unknown model {self.stragglers!r}", "none, iid, gilbert, trace, bursty")
 
-    def compute_time(self, k: int, rnd: int, n_samples: int) -> float:
+    def compute_time(self, k: int, rnd: int, n_samples: float) -> float:
+        """Seconds client k computes `n_samples` of work in round rnd. Under `bursty` it is the
+        delay profile of sequential gradient coding: load-0 time + work (proportional to load)."""
         prof = self.profile(k)
-        return n_samples * self.compute_per_sample / prof.speed * self.straggler_factor(k, rnd)
+        work = n_samples * self.compute_per_sample / prof.speed
+        if self.stragglers == "bursty":
+            load0 = self.bursty_profile()[1]
+            return float(load0[k % load0.shape[0], rnd % load0.shape[1]]) + work
+        return work * self.straggler_factor(k, rnd)
 
     # -- packet loss -------------------------------------------------------------------------
     def lost_chunks(self, k: int, rnd: int, n_chunks: int, attempt: int = 0, direction: str = "up") -> np.ndarray:

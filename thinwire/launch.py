@@ -13,7 +13,6 @@ on every node).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import secrets
@@ -24,7 +23,7 @@ from typing import Any
 from thinwire import config
 from thinwire.config import RunConfig, check_float, check_int
 from thinwire.errors import ConfigError, UserError
-from thinwire.rundir import resolve_run_dir
+from thinwire.rundir import in_run_dir
 
 log = logging.getLogger("thinwire.launch")
 
@@ -238,8 +237,7 @@ def run(args: argparse.Namespace) -> int:
     from thinwire.server.command import serve_options
 
     cfg = config.from_args(RunConfig, args)
-    run_dir = resolve_run_dir(cfg.out_dir, cfg.name, command="launch", resume=args.resume, force=args.force)
-    cfg = dataclasses.replace(cfg, out_dir=str(run_dir.parent), name=run_dir.name)
+    cfg = in_run_dir(cfg, "launch", resume=args.resume, force=args.force)
     opts = serve_options(args)
     check_int("client_actors", args.client_actors, 1)
     check_float("client_cpus", args.client_cpus, 0.0, lo_open=True)

@@ -12,13 +12,17 @@ The policy, shared by every command that writes a run (simulate, server, allredu
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 import shutil
 from pathlib import Path
+from typing import TypeVar
 
 from .errors import ConfigError
 from .paths import make_dir
+
+T = TypeVar("T")
 
 LATEST = "latest"
 # Files whose presence means "a run was written here" (simulate/server/allreduce all write some).
@@ -75,6 +79,13 @@ def resolve_run_dir(out_dir: str | os.PathLike, name: str, *, command: str = "ru
         run_dir.mkdir(parents=True, exist_ok=True)
     _point_latest(root, run_dir.name)
     return run_dir
+
+
+def in_run_dir(cfg: T, command: str, *, resume: bool = False, force: bool = False) -> T:
+    """A copy of a run config (any dataclass with out_dir and name) pointing at its resolved run
+    directory: what every command does before it starts an engine."""
+    run_dir = resolve_run_dir(cfg.out_dir, cfg.name, command=command, resume=resume, force=force)
+    return dataclasses.replace(cfg, out_dir=str(run_dir.parent), name=run_dir.name)
 
 
 def _new_unique_dir(root: Path, command: str, now: _dt.datetime) -> Path:

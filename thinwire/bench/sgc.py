@@ -111,40 +111,38 @@ class _Trainer:
         self.opts = [torch.optim.Adam(n.parameters(), lr=lr) for n in self.nets]
         self.batch, self.seed = batch, seed
         self.loss: dict[int, float] = {}
-        self.max_rel_err = 0.0
+        self.max_coef_err = 0.0
 
     def job_batch(self, t: int):
-        import torch
+        from thinwire.coded_gradient import job_indices
 
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + t)
-        idx = torch.randint(len(self.x), (self.batch,), generator=g)
+        idx = job_indices(self.seed, t, len(self.x), self.batch)
         return self.x[idx], self.y[idx]
 
     def on_decode(self, t: int, scheme) -> None:
+        """Step model t mod M with job t's decoded gradient. Decoding is linear: a^T (B_I G) =
+        (a^T B_I) G, so the decoded gradient is the batch gradient with partition j's samples
+        weighted by (a^T B_I)_j, one backward pass instead of n coded messages per job. How far
+        those weights are from 1 (exact decoding) is recorded; the float error of messages on the
+        wire is covered by tests/test_sgc_strategy.py."""
+        import numpy as np
         import torch
         import torch.nn.functional as F
 
-        from thinwire.coded_gradient import partition_gradients
         from thinwire.server.sgc_schemes import layout_bounds
 
         net, opt = self.nets[t % len(self.nets)], self.opts[t % len(self.opts)]
         xb, yb = self.job_batch(t)
         bounds = layout_bounds(scheme, self.batch)
-        decoded, exact = None, None
+        weight = np.zeros(self.batch)
         for g, rows, a, _src in scheme.decode(t):
-            G = partition_gradients(net, xb, yb, bounds[g], self.batch)          # what workers compute
-            msgs = torch.from_numpy(scheme.decoder(g).B[rows]) @ G              # the coded messages used
-            part = torch.from_numpy(a) @ msgs
-            decoded = part if decoded is None else decoded + part
-            exact = G.sum(0) if exact is None else exact + G.sum(0)
-        self.max_rel_err = max(self.max_rel_err, float((decoded - exact).norm() / exact.norm()))
-        with torch.no_grad():
-            self.loss[t] = float(F.cross_entropy(net(xb), yb))
+            coef = a @ scheme.decoder(g).B[rows]                     # per partition of group g
+            self.max_coef_err = max(self.max_coef_err, float(np.abs(coef - 1.0).max()))
+            weight[bounds[g][0]:bounds[g][-1]] += np.repeat(coef, np.diff(bounds[g]))
         opt.zero_grad(set_to_none=True)
-        off = 0
-        for p in net.parameters():
-            p.grad = decoded[off:off + p.numel()].view_as(p).float().clone()
-            off += p.numel()
+        losses = F.cross_entropy(net(xb), yb, reduction="none")
+        self.loss[t] = float(losses.detach().mean())
+        (losses.double() * torch.from_numpy(weight)).sum().div(self.batch).backward()
         opt.step()
 
 
@@ -208,7 +206,7 @@ def run(a: argparse.Namespace) -> int:
             res[name]["params"].append(sch.params())
             res[name]["load"].append(sch.load)
             if trainer:
-                curves[name] = (r.job_done_time.tolist(), [trainer.loss[t] for t in range(J)], trainer.max_rel_err)
+                curves[name] = (r.job_done_time.tolist(), [trainer.loss[t] for t in range(J)], trainer.max_coef_err)
             steps.update(1)
     steps.close()
 
@@ -234,8 +232,8 @@ def run(a: argparse.Namespace) -> int:
     out = {"args": {k: v for k, v in vars(a).items() if not k.startswith("_")}, "schemes": summary}
     if curves:
         for name, (_, _, err) in curves.items():
-            print(f"training ({models} models round-robin): {name} max relative decode error {err:.2e}")
-        out["train_max_rel_err"] = {k: v[2] for k, v in curves.items()}
+            print(f"training ({models} models round-robin): {name} max |a^T B_I - 1| over decoded jobs {err:.2e}")
+        out["decode_max_coef_err"] = {k: v[2] for k, v in curves.items()}
         _plot(curves, a.plot, models)
         print(f"loss vs runtime: {a.plot}")
     if a.decode_reps > 0:

@@ -5,7 +5,7 @@ import argparse
 
 from thinwire import config
 from thinwire.config import RunConfig
-from thinwire.rundir import resolve_run_dir
+from thinwire.rundir import in_run_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,8 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config.from_args(RunConfig, args)
-    run_dir = resolve_run_dir(cfg.out_dir, cfg.name, command="simulate", resume=args.resume, force=args.force)
-    cfg.out_dir, cfg.name = str(run_dir.parent), run_dir.name
+    cfg = in_run_dir(cfg, "simulate", resume=args.resume, force=args.force)
     from .engine import results_table, simulate
 
     result = simulate(cfg, resume=args.resume)

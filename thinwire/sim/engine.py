@@ -104,7 +104,7 @@ class SimTransport:
         return list(range(self.cfg.clients))
 
     def open_round(self, rnd: int, vec: torch.Tensor, tasks: dict[int, Task]) -> None:
-        net, cfg = self.net, self.cfg
+        net = self.net
         self._round, self._now = rnd, 0.0
         down_bytes = compression.get("identity").encode(vec).nbytes
         results = self.pool.run(vec, [(tasks[c].to_dict(), self.store.get(c)) for c in sorted(tasks)])
