@@ -30,7 +30,7 @@ def group():
     if owns:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+            ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     g = WorkerGroup(K, "gloo", threads=1)
     yield g
     g.close()

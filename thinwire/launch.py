@@ -154,7 +154,7 @@ def launch(cfg: RunConfig, opts, *, ray_address: str = "", client_actors: int = 
         kw: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
                                   configure_logging=False)
         try:
-            ray.init(address=ray_address or None, **kw)
+            ray.init(address=ray_address or "local", **kw)   # no address: a fresh local Ray
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise UserError(f"ray_address: cannot attach to Ray at {ray_address!r} ({str(e).splitlines()[0]})") from None
         started = True

@@ -122,7 +122,9 @@ class PeerGroup:
                 if ray_address:
                     ray.init(address=ray_address, include_dashboard=False, logging_level=logging.WARNING)
                 else:
-                    ray.init(num_cpus=local_cpus(), include_dashboard=False, logging_level=logging.WARNING)
+                    # "local": a fresh instance, never a `ray start` cluster that happens to run here
+                    ray.init(address="local", num_cpus=local_cpus(), include_dashboard=False,
+                             logging_level=logging.WARNING)
             self._owns_ray = True
         res = ray.cluster_resources()
         self.backend = resolve_backend(backend, float(res.get("GPU", 0.0)), workers)

@@ -47,7 +47,8 @@ class WorkerPool:
             if cfg.ray_address:
                 ray.init(address=cfg.ray_address, **kwargs)
             else:
-                ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+                # "local": a fresh instance, never a `ray start` cluster that happens to run here
+                ray.init(address="local", num_cpus=os.cpu_count() or 1, **kwargs)
             self.started_ray = True
         cpus = int(ray.cluster_resources().get("CPU", 1))
         gpus = float(ray.cluster_resources().get("GPU", 0))
