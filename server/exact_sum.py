@@ -27,7 +27,7 @@ import torch
 
 INT64_LIMIT = (1 << 63) - 1
 DEFAULT_FRAC_BITS = 32
-DEFAULT_BLOCK = 1 << 16               # scratch blocks stay in L2 cache: fastest measured
+DEFAULT_BLOCK = 1 << 18               # scratch blocks of 1 + 2 MB: 5.5 ms per 25 MB vs 6.3 at 64 Ki (quiet host)
 MAX_WEIGHT = 1 << 31
 
 
