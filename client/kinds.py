@@ -93,9 +93,13 @@ def train_params(cfg, rnd: int) -> dict[str, Any]:
 
 @register_kind("train")
 def train(ctx: ClientContext, task: Task) -> KindOutput:
-    """Local SGD from the broadcast model (at DEF's detached point when DEF is on); sends the delta."""
+    """Local SGD from the broadcast model (at DEF's detached point when DEF is on); sends the delta.
+
+    The memories are written for gradient-like messages (x <- x - C(p), virtual iterate x - e,
+    DEF point x - c*e). A client's message is a delta the server *adds* (x <- x + C(delta)), so
+    its virtual iterate is x + e and DEF's point is x + c*e: the same rule applied to -x."""
     p = task.params
-    start = ctx.memory(DEFAULT_TENSOR).eval_point(ctx.global_vec)
+    start = -ctx.memory(DEFAULT_TENSOR).eval_point(-ctx.global_vec)
     set_flat(ctx.model, start, ctx.spec)
     seed = task.train_seed()
     torch.manual_seed(seed)

@@ -134,6 +134,6 @@ def run(args: argparse.Namespace) -> int:
     rows = read_metrics(cfg.run_dir)
     if rows:
         print()
-        print(results_table(summarize(rows), clock="wall"))
+        print(results_table(summarize(rows), clock="wall", time_scale=opts.time_scale))
     print(f"\nrun {st['phase']}: {st['model_version']}/{st['rounds_total']} rounds; metrics: {cfg.run_dir / 'metrics.jsonl'}")
     return 0 if st["finished"] else 1

@@ -328,12 +328,20 @@ def summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def results_table(summary: dict[str, Any], clock: str = "virtual") -> str:
+def results_table(summary: dict[str, Any], clock: str = "virtual", time_scale: float = 1.0) -> str:
+    """The end-of-run table. A served run with `--time-scale X` reports time as wall time / X (the
+    unscaled time of the emulated links), so its label says so."""
     from thinwire.metrics import format_table, human_bytes
 
+    if clock == "virtual":
+        label = "simulated"
+    elif time_scale != 1.0:
+        label = f"wall clock / time-scale {time_scale:g}"
+    else:
+        label = "wall clock"
     fmt = {
         "final_accuracy": lambda v: f"{v:.4f}", "best_accuracy": lambda v: f"{v:.4f}",
-        "time_s": lambda v: f"{v:,.1f} s ({'simulated' if clock == 'virtual' else 'wall clock'})",
+        "time_s": lambda v: f"{v:,.1f} s ({label})",
         "wall_time_s": lambda v: f"{v:,.1f} s", "bytes_up": human_bytes, "bytes_down": human_bytes,
     }
     rows = [(k, fmt.get(k, str)(v) if v is not None else "-") for k, v in summary.items()]

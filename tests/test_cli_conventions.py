@@ -35,3 +35,23 @@ def test_help_lists_the_allowed_values_of_every_choice_flag(capsys):
                          ("--codec", tuple(compression.available()))]:
         help_ = text.split(f" {flag} {flag[2:].upper().replace('-', '_')} ", 1)[1]
         assert "one of: " + ", ".join(values) in help_.split(" --", 1)[0], flag
+
+
+def test_bench_help_lists_every_benchmark_with_its_text(capsys):
+    from thinwire.bench import BENCHES
+
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name, (_, helptext) in BENCHES.items():
+        # argparse %-formats help strings: a bare "%" in one used to print the action's dict
+        assert f"{name} {helptext}" in text, name
+
+
+def test_results_table_says_what_its_time_is():
+    from thinwire.server.rounds import results_table
+
+    s = {"time_s": 75.8, "wall_time_s": 10.6}
+    assert "75.8 s (simulated)" in results_table(s)
+    assert "75.8 s (wall clock)" in results_table(s, clock="wall")
+    assert "75.8 s (wall clock / time-scale 0.1)" in results_table(s, clock="wall", time_scale=0.1)

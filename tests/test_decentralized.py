@@ -119,3 +119,17 @@ def test_config_rejects_bad_values_in_python():
         _cfg(algorithm="dsgd")
     with pytest.raises(ConfigError, match="^data_path: "):
         _cfg(dataset="fashion-mnist")
+
+
+def test_bench_table_reports_accuracy_as_a_fraction():
+    from thinwire.bench.decentralized import table
+
+    def run(acc):
+        return {"codec": "none", "final_accuracy": acc, "acc_last5": acc, "final_local_accuracy": acc,
+                "final_consensus_error": 1e-3, "bytes_per_peer": 1e6, "final_nonzero_pct": 90.0,
+                "simulated_time_s": 1.0, "wall_time_s": 1.0}
+
+    text = table({"dproxsgt": [run(0.9389)], "cdproxsgt": [run(0.9444), run(0.9444)]})
+    row = next(line for line in text.splitlines() if line.strip().startswith("cdproxsgt"))
+    assert "0.9444 ± 0.0000" in row and "+0.0055" in row
+    assert "acc x-bar %" not in text and "93.89" not in text

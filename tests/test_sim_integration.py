@@ -45,6 +45,8 @@ def test_loss_with_retransmit_costs_time_not_accuracy(tmp_path):
     lossy = simulate(cfg(tmp_path, name="lossy", rounds=8, loss="iid", loss_prob=0.1, chunk_size=1024))
     assert lossy.summary["time_s"] > clean.summary["time_s"]
     assert lossy.summary["retransmitted_chunks"] > 0
+    # under retransmit every lost chunk (either direction, retries included) is sent again exactly once
+    assert lossy.summary["dropped_chunks"] == lossy.summary["retransmitted_chunks"]
     assert lossy.summary["bytes_up"] > clean.summary["bytes_up"]
     # every selected update still arrives whole: training is bit-identical
     assert [m["accuracy"] for m in lossy.metrics] == [m["accuracy"] for m in clean.metrics]

@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "allreduce": ("thinwire.collective_command", "data-parallel training with compressed all-reduce"),
     "decentralized": ("thinwire.decentralized_command", "peers on a graph without a server: CDProxSGT, DProxSGT, "
                       "ChocoSGD, all-reduce"),
-    "bench": ("thinwire.bench", "benchmarks: sim, compression, wire, allreduce"),
+    "bench": ("thinwire.bench", "benchmarks measured as side-by-side ratios (`thinwire bench --help` lists them)"),
     "plot": ("thinwire.plots", "render PNG plots from a run directory's metrics.jsonl"),
     "certs": ("thinwire.certs", "make a development CA and TLS certificates"),
 }

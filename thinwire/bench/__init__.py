@@ -12,7 +12,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "sim": ("thinwire.bench.sim", "thinwire simulation vs Flower run_simulation, same workload"),
     "compression": ("thinwire.bench.compression", "NMSE, bits/coord, throughput and time-to-send per codec"),
     "wire": ("thinwire.bench.wire", "gRPC ingest throughput, latency and server RSS vs a raw stream"),
-    "ntk": ("thinwire.bench.ntk", "FedAvg vs NTK-FL vs CP-NTK-FL: rounds and uplink bytes to 90% accuracy"),
+    "ntk": ("thinwire.bench.ntk", "FedAvg vs NTK-FL vs CP-NTK-FL: rounds and uplink bytes to 0.9 accuracy"),
     "allreduce": ("thinwire.bench.allreduce", "sgd / ef / def / defa over gloo all-reduce"),
     "exactsum": ("thinwire.bench.exact_sum", "fold cost of one update: float32 add vs the exact int64 sum"),
     "ddp": ("thinwire.bench.ddp", "DDP comm hooks: plain, fp16, PowerSGD vs thinwire EDEN / randblock+DEF"),

@@ -109,15 +109,15 @@ def table(results: dict[str, list[dict[str, Any]]]) -> str:
             continue
         acc = [s["final_accuracy"] for s in runs]
         b = statistics.fmean(s["bytes_per_peer"] for s in runs)
-        rows.append([m, runs[0]["codec"], _ms(acc, 100), _ms([s["acc_last5"] for s in runs], 100),
-                     _ms([s["final_local_accuracy"] for s in runs], 100),
-                     "-" if ref_acc is None else f"{100 * (statistics.fmean(acc) - ref_acc):+.2f}",
+        rows.append([m, runs[0]["codec"], _ms(acc, 1, "{:.4f}"), _ms([s["acc_last5"] for s in runs], 1, "{:.4f}"),
+                     _ms([s["final_local_accuracy"] for s in runs], 1, "{:.4f}"),
+                     "-" if ref_acc is None else f"{statistics.fmean(acc) - ref_acc:+.4f}",
                      _ms([s["final_consensus_error"] for s in runs], 1, "{:.2e}"), f"{b / 1e6:.1f}",
                      "-" if not ref_bytes else f"{ref_bytes / b:.2f}x",
                      _ms([s["final_nonzero_pct"] for s in runs], 1, "{:.1f}"),
                      _ms([s["simulated_time_s"] for s in runs], 1, "{:.1f}"),
                      _ms([s["wall_time_s"] for s in runs], 1, "{:.0f}")])
-    return format_table(["method", "codec", "acc x-bar %", "acc last5 %", "acc local %", "vs DProxSGT",
+    return format_table(["method", "codec", "acc x-bar", "acc last5", "acc local", "acc vs DProxSGT",
                          "consensus", "MB/peer", "fewer bytes", "non-zeros %", "sim time s", "wall s"], rows)
 
 

@@ -123,7 +123,7 @@ class SimTransport:
             io["bytes_down"] += down.wire_bytes
             io["payload_up"] += len(r.payload)
             io["payload_down"] += down_bytes
-            io["dropped_chunks"] += up.dropped_chunks
+            io["dropped_chunks"] += up.dropped_chunks + down.dropped_chunks  # both ways, as retransmitted_chunks
             io["retransmitted_chunks"] += up.retransmitted_chunks + down.retransmitted_chunks
             arrivals.append(Arrival(client_id=r.client_id, round=r.round, job=r.job, payload=r.payload,
                                     scalars=r.scalars, time=down.time_s + comp + up.time_s, holes=holes))
