@@ -90,3 +90,10 @@ def test_holes_policy_delivers_eden_updates_with_missing_chunks(tmp_path):
     # (the EDEN header's JSON scales differ by a few bytes; 10% retransmission would add ~10%)
     assert abs(r.summary["bytes_up"] - clean.summary["bytes_up"]) < 1e-3 * clean.summary["bytes_up"]
     assert r.final_accuracy > 0.7
+
+
+def test_a_diverging_run_is_a_one_line_user_error(tmp_path):
+    from thinwire.errors import UserError
+
+    with pytest.raises(UserError, match=r"^a client task failed: input: tensor contains NaN.*lower --lr$"):
+        simulate(cfg(tmp_path, name="diverge", clients=5, per_round=5, rounds=3, lr=1000.0, standardize=False))

@@ -19,6 +19,7 @@ import torch
 
 from thinwire import compression
 from thinwire.config import RunConfig, to_dict
+from thinwire.errors import UserError
 from thinwire.faults import NetworkModel
 from thinwire.paths import make_dir
 from thinwire.server.rounds import Arrival, Lost, RoundEngine, RunResult, results_table, summarize  # noqa: F401
@@ -71,7 +72,14 @@ class WorkerPool:
         n = len(self.actors)
         batches = [jobs[i::n] for i in range(n)]
         futures = [a.run.remote(ref, b) for a, b in zip(self.actors, batches) if b]
-        return [r for batch in ray.get(futures) for r in batch]
+        try:
+            return [r for batch in ray.get(futures) for r in batch]
+        except ray.exceptions.RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, ValueError):    # a refusal of ours (NaN/Inf update, bad task): one line
+                raise UserError(f"a client task failed: {cause}"
+                                + ("; the run diverged: lower --lr" if "NaN" in str(cause) else "")) from None
+            raise
 
     def close(self) -> None:
         for a in self.actors:
