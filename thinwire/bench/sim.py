@@ -5,7 +5,7 @@ Dirichlet partition (Flower's ClientApp looks up thinwire's partition by its `pa
 same initial weights (built by the engine's own code path from the same seed), the same local
 training (`thinwire.training.local_train`, same per-(round, client) seed, 1 torch thread), the
 same server rule (FedAvgM, server lr 1.0, momentum 0.9, sample-weighted: Flower's
-`flwr.serverapp.strategy.FedAvgM` is the same update as thinwire's FedAvg with momentum), the same
+`flwr.serverapp.strategy.FedAvgM` is the same update as thinwire's `fedavgm`), the same
 number of clients per round, and centralised evaluation of the global model on the test set after
 every round. Each side starts its own local Ray with the same CPU budget (one actor per core:
 thinwire's default worker pool; Flower client resources num_cpus=1 on a Ray of os.cpu_count()
@@ -60,7 +60,7 @@ def workload(args: argparse.Namespace, out_dir: str) -> RunConfig:
         "dataset": "digits", "clients": args.clients, "partition": "dirichlet", "alpha": 0.5,
         "model": "mlp", "hidden": [64, 64], "per_round": args.per_round,
         "lr": 0.05, "batch_size": 16, "local_epochs": 1,
-        "strategy": "fedavg", "server_lr": 1.0, "server_momentum": 0.9,
+        "strategy": "fedavgm", "server_lr": 1.0, "server_momentum": 0.9,
         "codec": "identity", "eval_every": 1, "progress": False,
     })
 
