@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 
 
 def launch_fleet_nodes(text: str) -> set[str]:
@@ -14,3 +15,15 @@ def launch_fleet_nodes(text: str) -> set[str]:
                 and re.fullmatch(r"\d+\.\.\d+", cells[3]):
             nodes.add(cells[1])
     return nodes
+
+
+def wait_all(procs, timeout: float) -> list[int | None]:
+    """Exit codes of `procs`, each waited for up to `timeout` s; one still running is killed (None)."""
+    codes: list[int | None] = []
+    for p in procs:
+        try:
+            codes.append(p.wait(timeout))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            codes.append(None)
+    return codes

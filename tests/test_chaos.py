@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import wait_all
 from thinwire.collective import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -55,17 +56,6 @@ def _final_model(run_dir: Path) -> torch.Tensor:
     return ckpt["global"]
 
 
-def _wait(procs, timeout=120.0) -> list[int]:
-    codes = []
-    for p in procs:
-        try:
-            codes.append(p.wait(timeout))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            codes.append(None)
-    return codes
-
-
 def _logs(out: Path) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text()[-2500:]}" for p in sorted(out.glob("*.log")))
 
@@ -76,12 +66,12 @@ def _run(out: Path, crash: str | None) -> torch.Tensor:
     procs = [_server(out, port, crash=crash), _fleet(out, port)]
     try:
         if crash is not None:
-            code = _wait(procs[:1], 120)[0]
+            code = wait_all(procs[:1], 120)[0]
             assert code == -signal.SIGKILL, (code, _logs(out))
             rows = (out / "chaos" / "metrics.jsonl").read_text().splitlines()
             assert len(rows) == 1, rows                      # crashed inside round 1
             procs.append(_server(out, port, "--resume", log="server-resumed.log"))
-        codes = _wait(procs[1:])
+        codes = wait_all(procs[1:], 120.0)
         assert codes == [0] * len(codes), (codes, _logs(out))
         accepted = [json.loads(line) for line in (out / "chaos" / "accepted.jsonl").read_text().splitlines()]
         assert [(a["round"], sorted(a["accepted"])) for a in accepted] == [(r, [0, 1, 2]) for r in range(3)]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import wait_all
 from thinwire.collective import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -55,17 +56,6 @@ def _wait_for(pred, timeout: float, what: str, procs=()) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _finish(procs, timeout=90.0) -> list[int]:
-    codes = []
-    for p in procs:
-        try:
-            codes.append(p.wait(timeout))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            codes.append(-9)
-    return codes
-
-
 def test_three_clients_kill_and_rejoin(tmp_path):
     port = free_port()
     run = tmp_path / "served"
@@ -85,7 +75,7 @@ def test_three_clients_kill_and_rejoin(tmp_path):
         assert r1["round_time"] < 8 + 1.5                # never held past the deadline
         restarted = _client(tmp_path, port, 2, log="client2-restarted.log")
         procs.append(restarted)
-        codes = _finish([srv, clients[0], clients[1], restarted], 150)
+        codes = wait_all([srv, clients[0], clients[1], restarted], 150)
         assert codes == [0, 0, 0, 0], (codes, (tmp_path / "server.log").read_text()[-3000:])
         rows = _rows(run / "metrics.jsonl")
         assert [r["round"] for r in rows] == [0, 1, 2]
@@ -116,7 +106,7 @@ def test_server_crash_and_resume_counts_each_update_once(tmp_path):
         time.sleep(1.0)
         srv2 = _server(tmp_path, port, *args, "--resume", log="server-resumed.log")
         procs.append(srv2)
-        codes = _finish([srv2, fleet], 150)
+        codes = wait_all([srv2, fleet], 150)
         assert codes == [0, 0], (codes, (tmp_path / "server-resumed.log").read_text()[-3000:],
                                  (tmp_path / "fleet.log").read_text()[-3000:])
         accepted = _rows(run / "accepted.jsonl")
