@@ -27,6 +27,7 @@ def _entry(rank, fn, init, out_dir, *args):
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=K)
     try:
         torch.save(fn(rank, *args), os.path.join(out_dir, f"out{rank}.pt"))
+        dist.barrier()      # no rank tears its gloo pairs down while a peer still uses them (SIGABRT)
     finally:
         dist.destroy_process_group()
 
