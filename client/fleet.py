@@ -159,7 +159,8 @@ class Fleet:
         self._join(first)
         # Keep the first id alive while the data set loads (it may be selected meanwhile).
         self.clients[first] = VirtualClient(first, torch.empty(0), torch.empty(0), joined=True)
-        threading.Thread(target=self._heartbeats, name="tw-heartbeat", daemon=True).start()
+        self._heartbeat_thread = threading.Thread(target=self._heartbeats, name="tw-heartbeat", daemon=True)
+        self._heartbeat_thread.start()
         cfg = self.cfg
         assert cfg is not None
         bad = [c for c in self.opts.client_ids if c >= cfg.clients]
@@ -333,6 +334,9 @@ class Fleet:
         finally:
             self.finished.set()
             pool.shutdown(wait=True, cancel_futures=True)
+            hb = getattr(self, "_heartbeat_thread", None)
+            if hb is not None:      # no RPC may be in flight when the channel closes and Python exits
+                hb.join(timeout=10)
             if not self.server_finished:      # a finished run forgets its clients anyway
                 for cid in self.clients:
                     self.conn.leave(cid)
