@@ -26,7 +26,8 @@ def test_bench_wire_runs_and_accounts_bytes(tmp_path, capsys):
     assert 1.0 < r["grpc_per_payload"] < 1.01
     # the kernel saw at least what gRPC serialized, plus HTTP/2 frame headers and control RPCs
     assert r["grpc_per_payload"] <= r["socket_per_payload"] < 1.05
-    assert r["server_cpu_s"] > 0 and r["p50_s"] <= r["p99_s"]
+    # CPU time is read in scheduler ticks (10 ms): this 1.2 MB smoke run may round to 0 on the server
+    assert 0 <= r["server_cpu_s"] < 60 and r["p50_s"] <= r["p99_s"]
     printed = capsys.readouterr().out
     assert "vs raw x" in printed and "ingest MB/s" in printed and printed.rstrip().endswith(wire.WIRE_LEGEND.splitlines()[-1])
 
