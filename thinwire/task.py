@@ -156,19 +156,11 @@ def unpack_result(payload: bytes | memoryview, holes: Sequence[tuple[int, int]] 
         seen.add(name)
         if _numel(shape) != enc.numel:
             raise ValueError(f"result: tensor {name!r} has shape {list(shape)} but {enc.numel} elements")
-        offs = outer.section_offsets()
-        for s in secs:
-            start, end = offs[f"{name}/{s}"]
-            for a, b in outer.holes:
-                lo, hi = max(a, start), min(b, end)
-                if lo < hi:
-                    enc.holes.append((lo - start + _offset_in(enc, s), hi - start + _offset_in(enc, s)))
+        inner = enc.section_offsets()
+        for s in secs:       # the outer section's holes, moved to where that section sits in the item
+            enc.holes += [(a + inner[s][0], b + inner[s][0]) for a, b in outer.section_holes(f"{name}/{s}")]
         out.append(WireItem(name, enc, shape, model_shaped))
     return out
-
-
-def _offset_in(enc: compression.Encoded, section: str) -> int:
-    return enc.section_offsets()[section][0]
 
 
 def _numel(shape: Sequence[int]) -> int:
