@@ -12,7 +12,7 @@ import logging
 
 from thinwire.config import check_float, check_int
 from thinwire.errors import ConfigError
-from thinwire.security import add_tls_arguments, client_security
+from thinwire.wire.security import add_tls_arguments, client_security
 
 log = logging.getLogger("thinwire.client")
 
@@ -40,7 +40,7 @@ def parse_server(value: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .fleet import FleetOptions, run_fleet
+    from thinwire.client.fleet import FleetOptions, run_fleet
 
     target = parse_server(args.server)
     check_int("client_id_start", args.client_id_start, 0)

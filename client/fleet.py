@@ -23,14 +23,14 @@ import torch
 
 from thinwire import compression
 from thinwire.config import RunConfig, build
-from thinwire.faults import NetworkModel
+from thinwire.faults.network import NetworkModel
 from thinwire.protos import thinwire_pb2 as pb2
 from thinwire.plugins import load_run_plugins
 from thinwire.task import Task
-from thinwire.transport import Link
+from thinwire.wire.link import Link
 
-from .grpc_client import Backoff, Connection, ServerUnavailable
-from .runtime import ClientState, execute
+from thinwire.client.grpc_client import Backoff, Connection, ServerUnavailable
+from thinwire.client.runtime import ClientState, execute
 
 log = logging.getLogger("thinwire.client")
 BATCH = 4096                    # virtual clients per HeartbeatMany / GetTasks call
@@ -152,7 +152,7 @@ class Fleet:
             vc.joined = True
 
     def setup(self) -> None:
-        from thinwire.data import dataset_from_config
+        from thinwire.data.datasets import dataset_from_config
 
         torch.set_num_threads(self.opts.torch_threads)
         first = self.opts.client_ids[0]

@@ -19,9 +19,10 @@ import grpc
 from thinwire.errors import UserError
 from thinwire.protos import thinwire_pb2 as pb2
 from thinwire.protos import thinwire_pb2_grpc as pb2_grpc
-from thinwire.security import ClientSecurity, open_channel
-from thinwire.transport import (ByteCounter, Link, channel_options, chunk_crcs, push_size_metadata, receive_model,
-                                sha256, split, update_messages)
+from thinwire.wire.security import ClientSecurity, open_channel
+from thinwire.wire.format import ByteCounter, channel_options, chunk_crcs, push_size_metadata, sha256, split
+from thinwire.wire.link import Link
+from thinwire.wire.messages import receive_model, update_messages
 
 log = logging.getLogger("thinwire.client")
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED)

@@ -16,7 +16,7 @@ from thinwire.compression.feedback import make_memory
 from thinwire.compression.tensors import FlatSpec
 from thinwire.task import Task, pack_result
 
-from .kinds import ClientContext, get_kind
+from thinwire.client.kinds import ClientContext, get_kind
 
 
 @dataclass

@@ -27,13 +27,14 @@ import torch
 
 from thinwire import compression
 from thinwire.config import RunConfig, to_dict
-from thinwire.faults import NetworkModel
-from thinwire.paths import make_dir
+from thinwire.faults.network import NetworkModel
+from thinwire.rundir import make_dir
 from thinwire.task import Task, result_header
-from thinwire.transport import BufferBudget, ByteCounter, Reassembly, WireError, sha256
+from thinwire.wire.reassembly import BufferBudget, Reassembly
+from thinwire.wire.format import ByteCounter, WireError, sha256
 
-from .rounds import ACCEPTED_LOG, Arrival, Lost, RoundEngine
-from .strategy import make_strategy
+from thinwire.server.rounds import ACCEPTED_LOG, Arrival, Lost, RoundEngine
+from thinwire.server.strategy import make_strategy
 
 log = logging.getLogger("thinwire.server")
 VERDICT_WAIT = 0.25          # how often a pushing thread waiting for the engine checks for a stop
@@ -90,7 +91,7 @@ class ParameterServer:
         self.cfg, self.opts = cfg, opts
         self.run_dir = make_dir("out_dir", cfg.run_dir)
         if init_vec is None:
-            from thinwire.data import dataset_from_config
+            from thinwire.data.datasets import dataset_from_config
             from thinwire.training import build_run_model
             init_vec, evaluator, segments = build_run_model(cfg, dataset_from_config(cfg))
         self.segments = segments

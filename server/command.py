@@ -14,9 +14,9 @@ from thinwire import config
 from thinwire.config import RunConfig, check_float, check_int
 from thinwire.errors import ConfigError
 from thinwire.rundir import in_run_dir
-from thinwire.security import add_tls_arguments, server_security
+from thinwire.wire.security import add_tls_arguments, server_security
 
-from .app import ServeOptions
+from thinwire.server.app import ServeOptions
 
 log = logging.getLogger("thinwire.server")
 SERVER_ONLY_SKIP = ("workers", "ray_address")
@@ -75,8 +75,8 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
 def serve(cfg: RunConfig, opts: ServeOptions, security, *, resume: bool = False, port_file: str | None = None,
           ready: threading.Event | None = None, on_port=None) -> dict:
     """Run a served federated run to completion; returns the final status."""
-    from .app import ParameterServer
-    from .service import start_grpc
+    from thinwire.server.app import ParameterServer
+    from thinwire.server.service import start_grpc
 
     if cfg.loss != "none" and not opts.emulate:
         log.warning("loss model %r configured but --emulate is off: only the real network loses packets", cfg.loss)
@@ -121,7 +121,7 @@ def serve(cfg: RunConfig, opts: ServeOptions, security, *, resume: bool = False,
 
 
 def run(args: argparse.Namespace) -> int:
-    from thinwire.paths import make_dir
+    from thinwire.rundir import make_dir
 
     cfg = config.from_args(RunConfig, args)
     cfg = in_run_dir(cfg, "server", resume=args.resume, force=args.force)
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     make_dir("out_dir", cfg.run_dir)
     st = serve(cfg, opts, security, resume=args.resume, port_file=args.port_file)
     from thinwire.metrics import read_metrics
-    from .rounds import results_table, summarize
+    from thinwire.server.rounds import results_table, summarize
     rows = read_metrics(cfg.run_dir)
     if rows:
         print()

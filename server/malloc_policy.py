@@ -15,7 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
-from thinwire.transport import message_limit
+from thinwire.wire.format import message_limit
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
 

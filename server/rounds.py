@@ -24,14 +24,14 @@ import torch
 
 from thinwire import checkpoint
 from thinwire.config import RunConfig, to_dict, write_resolved_config
-from thinwire.crash import crash_point
+from thinwire.faults.crash import crash_point
 from thinwire.errors import ConfigError
 from thinwire.metrics import MetricsWriter
-from thinwire.paths import make_dir
+from thinwire.rundir import make_dir
 from thinwire.task import Task, decode_result
 
-from .driver import RoundPolicy
-from .strategy import Result, RoundView, Strategy
+from thinwire.server.driver import RoundPolicy
+from thinwire.server.strategy import Result, RoundView, Strategy
 
 log = logging.getLogger("thinwire.rounds")
 ACCEPTED_LOG = "accepted.jsonl"
@@ -96,7 +96,7 @@ class RoundEngine:
                  evaluator: Callable[[torch.Tensor], tuple[float, float]] | None = None,
                  strategy: Strategy | None = None, resume: bool = False, checkpoints: bool = True,
                  should_stop: Callable[[], bool] = lambda: False) -> None:
-        from .strategy import make_strategy
+        from thinwire.server.strategy import make_strategy
 
         self.cfg = cfg
         self.transport = transport

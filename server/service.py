@@ -15,13 +15,13 @@ import grpc
 
 from thinwire.protos import thinwire_pb2 as pb2
 from thinwire.protos import thinwire_pb2_grpc as pb2_grpc
-from thinwire.crash import crash_point
-from thinwire.security import ANY, Authenticator, ServerSecurity, bearer, check_identity
-from thinwire.transport import (GRPC_FRAME, MAX_CHUNK_SIZE, WireError, declared_push_size, model_messages, parse_chunk,
-                                server_options)
+from thinwire.faults.crash import crash_point
+from thinwire.wire.security import ANY, Authenticator, ServerSecurity, bearer, check_identity
+from thinwire.wire.format import GRPC_FRAME, MAX_CHUNK_SIZE, WireError, declared_push_size, server_options
+from thinwire.wire.messages import model_messages, parse_chunk
 
-from .app import ParameterServer
-from .malloc_policy import tune_malloc
+from thinwire.server.app import ParameterServer
+from thinwire.server.malloc_policy import tune_malloc
 
 log = logging.getLogger("thinwire.server")
 MAX_BATCH = 100_000            # client ids in one HeartbeatMany / GetTasks call

@@ -1,7 +1,7 @@
 """Chaos (issue 12): kill -9 the server at precise points of a run and `--resume`; kill -9 a client
 mid-push.
 
-- The server crashes (THINWIRE_CRASH_AT, thinwire/crash.py) mid-push, right after an update was
+- The server crashes (THINWIRE_CRASH_AT, thinwire/faults/crash.py) mid-push, right after an update was
   folded into the round's sum, and mid-checkpoint, each in round 1 of a 3-round run of one
   `thinwire client` process hosting 3 virtual clients; restarted with `--resume`, the run's final
   model is bit-identical to the uninterrupted run's (the exact sum does not depend on arrival order,
@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from helpers import wait_all
-from thinwire.collective import free_port
+from thinwire.collective.group import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -103,8 +103,10 @@ CLIENT_SCRIPT = textwrap.dedent("""
     from thinwire import compression
     from thinwire.client.grpc_client import Backoff, Connection
     from thinwire.protos import thinwire_pb2 as pb2
-    from thinwire.security import ClientSecurity
-    from thinwire.transport import ByteCounter, Link, chunk_crcs, split, update_messages
+    from thinwire.wire.format import ByteCounter, chunk_crcs, split
+    from thinwire.wire.link import Link
+    from thinwire.wire.messages import update_messages
+    from thinwire.wire.security import ClientSecurity
 
     conn = Connection(sys.argv[1], ClientSecurity(None), backoff=Backoff(max_wait=20))
     conn.join(1)
@@ -136,10 +138,10 @@ def test_client_killed_mid_push_frees_reassembly_when_its_round_closes(tmp_path)
     from thinwire.client.grpc_client import Backoff, Connection
     from thinwire.config import RunConfig
     from thinwire.protos import thinwire_pb2 as pb2
-    from thinwire.security import Authenticator, ClientSecurity, ServerSecurity
+    from thinwire.wire.security import Authenticator, ClientSecurity, ServerSecurity
     from thinwire.server.app import ParameterServer, ServeOptions
     from thinwire.server.service import ServerHandle
-    from thinwire.transport import Link
+    from thinwire.wire.link import Link
 
     numel, chunk = 20_000, 8192
     cfg = RunConfig(name="killed", out_dir=str(tmp_path), clients=2, per_round=2, rounds=1, chunk_size=chunk,

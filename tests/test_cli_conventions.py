@@ -6,7 +6,8 @@ import sys
 import pytest
 
 import thinwire
-from thinwire import cli, compression
+from thinwire import cli
+from thinwire import compression
 from thinwire.config import DATASETS, FEEDBACK, LOSS_MODELS, LOSS_POLICIES, PARTITIONS, PROFILES, STRAGGLER_MODELS, \
     strategies
 

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from thinwire import config
-from thinwire.collective import (AllreduceConfig, batch_indices, finish, grad_point, init_state, lr_at, output_point,
-                                 prepare, resolve_backend, simulate_step, step_blocks, steps_per_epoch, straggler_at)
-from thinwire.reducer import Reducer, simulate_mean
+from thinwire.collective.config import AllreduceConfig
+from thinwire.collective.allreduce import (batch_indices, finish, grad_point, init_state, lr_at,
+    output_point, prepare, simulate_step, step_blocks, steps_per_epoch, straggler_at)
+from thinwire.collective.group import resolve_backend
+from thinwire.collective.reducer import Reducer, simulate_mean
 from thinwire.compression.randblock import kept_count
 from thinwire.errors import ConfigError
 

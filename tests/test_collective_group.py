@@ -13,9 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from thinwire.collective import AllreduceConfig, WorkerGroup, batch_indices, init_state, simulate_step
-from thinwire.reducer import Reducer
-from thinwire.data import load_dataset
+from thinwire.collective.config import AllreduceConfig
+from thinwire.collective.engine import WorkerGroup
+from thinwire.collective.allreduce import batch_indices, init_state, simulate_step
+from thinwire.collective.reducer import Reducer
+from thinwire.data.loaders import load_dataset
 from thinwire.models import build_model
 
 pytestmark = pytest.mark.slow

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from thinwire.bench import compression as bench
 from thinwire.errors import ConfigError, DataError

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from thinwire.data import Dataset, FederatedDataset, federate, load_dataset, read_idx
+from thinwire.data.loaders import Dataset, load_dataset, read_idx
+from thinwire.data.federated import FederatedDataset
+from thinwire.data.datasets import federate
 from thinwire.errors import ConfigError, DataError
-from thinwire.synthetic import SyntheticDataset
+from thinwire.data.synthetic import SyntheticDataset
 
 
 def _one_line(exc: pytest.ExceptionInfo) -> str:
@@ -292,7 +294,7 @@ def test_synthetic_labels_follow_each_clients_own_model():
     ds = SyntheticDataset(30, alpha=1.0, beta=1.0, seed=1)
     # Synthetic clients are dominated by one or two classes (the input mean v_k drives the logits);
     # fit the most mixed client with >= 100 samples so the check is not trivially one class.
-    from thinwire.partition import entropy_bits
+    from thinwire.data.partition import entropy_bits
     mixed = [(entropy_bits(np.bincount(ds.client_data(k)[1].numpy())), k) for k in range(30) if ds.client_size(k) >= 100]
     k = max(mixed)[1]
     x, y = ds.client_data(k)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from pathlib import Path
 
@@ -80,8 +79,10 @@ def _ef_worker(rank, steps):
     from torch.nn.parallel import DistributedDataParallel as DDP
     import dataclasses
     import thinwire.ddp
-    from thinwire.collective import AllreduceConfig, CollectiveWorker, batch_indices
-    from thinwire.data import load_dataset
+    from thinwire.collective.config import AllreduceConfig
+    from thinwire.collective.worker import CollectiveWorker
+    from thinwire.collective.allreduce import batch_indices
+    from thinwire.data.loaders import load_dataset
     from thinwire.models import build_model
 
     cfg = AllreduceConfig(workers=K, method="ef", ratio=8.0, dataset="digits", model="mlp", hidden=[32], seed=1,
@@ -118,7 +119,7 @@ def test_randblock_ef_hook_equals_the_allreduce_command(tmp_path):
         assert torch.allclose(r["hook"], r["cmd"], atol=1e-5, rtol=0), float((r["hook"] - r["cmd"]).abs().max())
         assert r["bytes"] == r["cmd_bytes"]  # the same blocks, one all-reduce
     x0 = None
-    from thinwire.data import load_dataset
+    from thinwire.data.loaders import load_dataset
     from thinwire.models import build_model
     ds = load_dataset("digits", seed=1)
     x0 = torch.nn.utils.parameters_to_vector(build_model("mlp", ds.input_shape, ds.num_classes, hidden=[32],
@@ -133,9 +134,10 @@ def _def_worker(rank, steps):
     import dataclasses
     import torch.distributed as dist
     import thinwire.ddp
-    from thinwire.collective import AllreduceConfig, CollectiveWorker, batch_indices
-    from thinwire.data import load_dataset
-    from thinwire.errors import ConfigError
+    from thinwire.collective.config import AllreduceConfig
+    from thinwire.collective.worker import CollectiveWorker
+    from thinwire.collective.allreduce import batch_indices
+    from thinwire.data.loaders import load_dataset
     from thinwire.models import build_model
 
     ds = load_dataset("digits", seed=1)

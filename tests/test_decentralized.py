@@ -9,11 +9,12 @@ import torch
 
 import thinwire
 from thinwire.cli import main
-from thinwire.gossip_engine import DecentralizedConfig, Graph, LocalEngine, load_data, shards
+from thinwire.gossip.config import DecentralizedConfig, load_data, shards
+from thinwire.gossip.engine import Graph, LocalEngine
 from thinwire.errors import ConfigError
-from thinwire.faults import NetworkModel
-from thinwire.gossip_time import GossipClock
-from thinwire.partition import label_pairs_partition
+from thinwire.faults.network import NetworkModel
+from thinwire.gossip.clock import GossipClock
+from thinwire.data.partition import label_pairs_partition
 
 
 def _cfg(**kw) -> DecentralizedConfig:
@@ -25,8 +26,8 @@ def _cfg(**kw) -> DecentralizedConfig:
 @pytest.mark.slow
 def test_ray_gloo_peers_give_the_reference_numbers():
     """Same step, different communicator: actors over torch.distributed p2p == threads over memory, bit for bit."""
-    from thinwire.gossip_engine import GossipPeer, RayEngine
-    from thinwire.peers import PeerGroup
+    from thinwire.gossip.engine import GossipPeer, RayEngine
+    from thinwire.collective.group import PeerGroup
 
     with PeerGroup(GossipPeer, 4, "gloo", threads=1) as group:
         for algo, codec in (("cdproxsgt", "topk:fraction=0.3"), ("dproxsgt", "identity"), ("choco", "qsgd:levels=4"),

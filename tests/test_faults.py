@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from thinwire.errors import ConfigError
-from thinwire.faults import MOBILE_TIERS, NetworkModel, chunk_ranges, two_state_path
+from thinwire.faults.network import MOBILE_TIERS, NetworkModel, chunk_ranges
+from thinwire.faults.stragglers import two_state_path
 
 
 def _runs(mask: np.ndarray) -> list[int]:

@@ -13,10 +13,10 @@ from thinwire.client.fleet import PUSH_OUTCOMES, FleetResult, push_outcome
 from thinwire.client.grpc_client import Backoff, Connection
 from thinwire.config import RunConfig
 from thinwire.protos import thinwire_pb2 as pb2
-from thinwire.security import Authenticator, ClientSecurity, ServerSecurity
+from thinwire.wire.security import Authenticator, ClientSecurity, ServerSecurity
 from thinwire.server.app import ParameterServer, ServeOptions
 from thinwire.server.service import ServerHandle
-from thinwire.transport import Link
+from thinwire.wire.link import Link
 
 NUMEL = 256
 

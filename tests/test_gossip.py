@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from thinwire.errors import ConfigError
-from thinwire.gossip import AlgoConfig, PeerState, prox_l1, run_reference
-from thinwire.topology import graph, mixing, neighbours, spectral_gap
+from thinwire.gossip.step import AlgoConfig, PeerState, prox_l1, run_reference
+from thinwire.gossip.topology import graph, mixing, neighbours, spectral_gap
 
 
 @pytest.mark.parametrize("spec,n", [("ring", 5), ("torus", 9), ("complete", 4), ("erdos-renyi:0.5", 8),
@@ -125,6 +125,6 @@ def test_choco_and_allreduce_run_and_allreduce_keeps_consensus():
 
 
 def test_divergence_is_a_one_line_user_error():
-    from thinwire.gossip import Diverged
+    from thinwire.gossip.step import Diverged
     with pytest.raises(Diverged, match="diverged"):
         _run(AlgoConfig(algorithm="cdproxsgt", codec="topk:fraction=0.3", lr=1e6, clip=0.0), dtype=torch.float32)

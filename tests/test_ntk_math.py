@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from thinwire.client.jacobian import client_jacobian, sample_jacobian, subsample_indices
+from thinwire.ntk.jacobian import client_jacobian, sample_jacobian, subsample_indices
 from thinwire.errors import UserError
 from thinwire.models import MLP
-from thinwire.projection import BLOCK_ROWS, RandomProjection
-from thinwire.server import ntk
-from thinwire.training import get_flat, model_spec, set_flat
+from thinwire.ntk.projection import BLOCK_ROWS, RandomProjection
+from thinwire.ntk import kernel as ntk
+from thinwire.training import get_flat, model_spec
 
 
 class BNNet(nn.Module):

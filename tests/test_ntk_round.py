@@ -5,14 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from thinwire.client.jacobian import client_jacobian
+from thinwire.ntk.jacobian import client_jacobian
 from thinwire.config import RunConfig, build
 from thinwire.errors import ConfigError, UserError
 from thinwire.models import MLP
-from thinwire.projection import projection_seed
-from thinwire.server import ntk
-from thinwire.server.ntk_round import NTKRound, NTKSettings, network_loss, validation_split
-from thinwire.server.shuffler import Shuffler
+from thinwire.ntk.projection import projection_seed
+from thinwire.ntk import kernel as ntk
+from thinwire.ntk.round import NTKRound, NTKSettings, network_loss, validation_split
+from thinwire.ntk.shuffler import Shuffler
 from thinwire.training import get_flat, model_spec, set_flat
 
 
@@ -119,7 +119,7 @@ def test_network_loss_and_validation_split():
     assert network_loss(logits, labels, "ce") == pytest.approx(float(F.cross_entropy(logits, labels)))
     assert network_loss(logits, labels, "mse") == pytest.approx(
         float(((logits - F.one_hot(labels, 3)) ** 2).sum() / 30))
-    from thinwire.data import federate
+    from thinwire.data.datasets import federate
     data = federate("digits", 10, "iid", seed=0)
     xv, yv = validation_split(data, 0.1, 0)
     xt, yt = data.dataset.x_train, data.dataset.y_train
@@ -152,7 +152,7 @@ def test_served_push_limit_defaults_to_the_strategy_bound(tmp_path):
     """The parameter server's default per-push limit is the ntk strategy's Jacobian bound (the
     largest client's rows x d_2 x d fp32, or x d' when projected), not the model-delta default; an
     explicit limit still wins, and model-delta strategies keep 4 x the fp32 model + 1 MiB."""
-    from thinwire.data import dataset_from_config
+    from thinwire.data.datasets import dataset_from_config
     from thinwire.server.app import ParameterServer, ServeOptions
 
     kw = {"out_dir": str(tmp_path), "dataset": "digits", "clients": 20, "per_round": 4, "progress": False}

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from thinwire.config import RunConfig, build
-from thinwire.data import dataset_from_config
+from thinwire.data.datasets import dataset_from_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -49,7 +49,7 @@ def test_simulate_ntk_and_cp_ntk_count_bytes_and_learn(tmp_path):
 
 
 def test_served_ntk_two_rounds(tmp_path):
-    from thinwire.collective import free_port
+    from thinwire.collective.group import free_port
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     port = free_port()

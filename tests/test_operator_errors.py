@@ -5,11 +5,11 @@ import argparse
 
 import pytest
 
-from thinwire import certs
+from thinwire.wire import certs
 from thinwire.cli import main
 from thinwire.errors import ConfigError
-from thinwire.paths import make_dir
-from thinwire.security import client_security, server_security
+from thinwire.rundir import make_dir
+from thinwire.wire.security import client_security, server_security
 
 
 def _one_line_error(capsys, argv, field):

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from thinwire.data import PartitionedDataset, federate, load_dataset
+from thinwire.data.federated import PartitionedDataset
+from thinwire.data.datasets import federate
+from thinwire.data.loaders import load_dataset
 from thinwire.errors import ConfigError
-from thinwire.partition import (dirichlet_partition, entropy_bits, iid_partition, label_skew,
-                                partition_indices, shards_partition)
+from thinwire.data.partition import (dirichlet_partition, entropy_bits, iid_partition, label_skew,
+    partition_indices, shards_partition)
 
 
 @pytest.fixture(scope="module")

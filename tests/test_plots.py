@@ -1,7 +1,8 @@
 """`thinwire plot`: one run or several overlaid; unreadable metrics give one line, no traceback."""
 import pytest
 
-from thinwire import cli, plots
+from thinwire import cli
+from thinwire import plots
 from thinwire.metrics import MetricsWriter
 
 

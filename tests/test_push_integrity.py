@@ -17,13 +17,15 @@ import torch
 from thinwire import compression
 from thinwire.client.grpc_client import Backoff, Connection
 from thinwire.config import RunConfig
-from thinwire.faults import NetworkModel
+from thinwire.faults.network import NetworkModel
 from thinwire.protos import thinwire_pb2 as pb2
-from thinwire.security import Authenticator, ClientSecurity, ServerSecurity
+from thinwire.wire.security import Authenticator, ClientSecurity, ServerSecurity
 from thinwire.server.app import ParameterServer, ServeOptions
 from thinwire.server.service import ServerHandle
-from thinwire.transport import (ByteCounter, Link, Reassembly, WireError, chunk_crcs, crc32, sha256, split,
-                                update_messages)
+from thinwire.wire.format import ByteCounter, WireError, chunk_crcs, crc32, sha256, split
+from thinwire.wire.link import Link
+from thinwire.wire.reassembly import Reassembly
+from thinwire.wire.messages import update_messages
 
 NUMEL = 4096          # 16 KiB fp32 body: two 8 KiB chunks, as in the reproduction
 CHUNK = 8192

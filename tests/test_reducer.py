@@ -7,7 +7,7 @@ import torch
 from thinwire.compression import Context, eden_mean_of, from_spec, get
 from thinwire.compression.randblock import block_slices, kept_count
 from thinwire.errors import ConfigError
-from thinwire.reducer import Reducer, bucket_seed, simulate_mean
+from thinwire.collective.reducer import Reducer, bucket_seed, simulate_mean
 
 
 def _vecs(k=3, d=1000, seed=0):

@@ -328,7 +328,7 @@ def test_user_strategy_codec_and_kind_run_in_both_modes(tmp_path):
     # the clip held: a decoded delta has norm mean|x| * sqrt(d) <= ||x|| <= clip (Cauchy-Schwarz), so
     # the mean of them moves the model by at most the clip per round (plain FedAvg, server lr 1)
     from thinwire.training import build_run_model
-    from thinwire.data import dataset_from_config
+    from thinwire.data.datasets import dataset_from_config
     cfg = RunConfig(name="x", out_dir=str(tmp_path), **settings).validate()
     g0, _, _ = build_run_model(cfg, dataset_from_config(cfg))
     assert float((g_sim - g0).norm()) <= 4 * 0.5 + 1e-5

@@ -8,12 +8,12 @@ import grpc
 import pytest
 import torch
 
-from thinwire import certs
+from thinwire.wire import certs
 from thinwire.client.grpc_client import Backoff, Connection
 from thinwire.config import RunConfig
 from thinwire.errors import ConfigError
 from thinwire.protos import thinwire_pb2 as pb2
-from thinwire.security import client_security, server_security
+from thinwire.wire.security import client_security, server_security
 from thinwire.server.app import ParameterServer, ServeOptions
 from thinwire.server.service import ServerHandle
 

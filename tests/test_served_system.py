@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from helpers import wait_all
-from thinwire.collective import free_port
+from thinwire.collective.group import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

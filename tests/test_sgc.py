@@ -6,12 +6,13 @@ import math
 import numpy as np
 import pytest
 
-from thinwire.faults import (bursty_conforms, bursty_pattern, delay_profile, gilbert_pattern, load0_profile,
-                             pattern_conforms, read_completion_trace, write_completion_trace)
-from thinwire.server.gradient_coding import (cyclic_matrix, decode_coefficients, fractional_matrix, gc_load,
-                                             make_decoder, msgc_load, srsgc_load)
-from thinwire.server.sgc_runtime import search, simulate
-from thinwire.server.sgc_schemes import MSGC, SRSGC, layout_bounds, make_scheme, unit_segments
+from thinwire.faults.stragglers import (bursty_conforms, bursty_pattern, delay_profile, gilbert_pattern,
+    load0_profile, pattern_conforms)
+from thinwire.faults.traces import read_completion_trace, write_completion_trace
+from thinwire.coding.matrices import (cyclic_matrix, decode_coefficients, fractional_matrix, gc_load,
+    make_decoder, msgc_load, srsgc_load)
+from thinwire.coding.runtime import search, simulate
+from thinwire.coding.schemes import MSGC, SRSGC, layout_bounds, make_scheme, unit_segments
 
 
 def _decode_rel_err(B: np.ndarray, rows, rng) -> float:

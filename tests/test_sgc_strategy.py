@@ -52,7 +52,7 @@ def runs(tmp_path_factory):
 
 
 def test_coded_training_equals_uncoded_training(runs):
-    from thinwire.data import dataset_from_config
+    from thinwire.data.datasets import dataset_from_config
     from thinwire.training import build_run_model
 
     ref, ref_rows = runs["uncoded"]
@@ -75,9 +75,9 @@ def test_coded_training_equals_uncoded_training(runs):
 def test_virtual_clock_matches_the_scheme_runtime_simulator(runs):
     """Round times of the engine run = the runtime simulator's on the same delay profile (load-0 time
     + load x job_batch x compute_per_sample), up to the datacenter profile's ~0.5 ms of network."""
-    from thinwire.faults import NetworkModel
-    from thinwire.server.sgc_runtime import simulate as runtime
-    from thinwire.server.sgc_strategy import scheme_for
+    from thinwire.faults.network import NetworkModel
+    from thinwire.coding.runtime import simulate as runtime
+    from thinwire.server.strategy.sgc import scheme_for
 
     for name in SCHEMES:
         cfg = _cfg("/tmp", name).validate()
@@ -89,8 +89,8 @@ def test_virtual_clock_matches_the_scheme_runtime_simulator(runs):
 
 
 def test_hi_lo_messages_decode_exactly_where_float32_would_not():
-    from thinwire.coded_gradient import join_hi_lo, split_hi_lo
-    from thinwire.server.gradient_coding import make_decoder
+    from thinwire.coding.jobs import join_hi_lo, split_hi_lo
+    from thinwire.coding.matrices import make_decoder
 
     n, s, d = 24, 7, 2000
     dec = make_decoder("cyclic", n, s, seed=1)
@@ -111,8 +111,8 @@ def test_hi_lo_messages_decode_exactly_where_float32_would_not():
 
 
 def test_scheme_state_survives_a_checkpoint_round_trip():
-    from thinwire.faults import bursty_pattern
-    from thinwire.server.sgc_schemes import make_scheme
+    from thinwire.faults.stragglers import bursty_pattern
+    from thinwire.coding.schemes import make_scheme
 
     n, J, B, W, lam = 10, 20, 2, 3, 4
     pat = bursty_pattern(n, J + W + B, B, W, lam, 0.4, seed=2)
@@ -200,7 +200,8 @@ def test_served_gc_with_emulated_stragglers_equals_simulate(tmp_path):
 def test_bursty_network_model_is_the_sgc_delay_profile():
     """--stragglers bursty: a (B, W, lambda)-conforming pattern over the fleet, stragglers slower
     than (1 + 1) x the fastest, and compute = load-0 time + work x seconds per sample / speed."""
-    from thinwire.faults import NetworkModel, pattern_conforms
+    from thinwire.faults.network import NetworkModel
+    from thinwire.faults.stragglers import pattern_conforms
 
     cfg = RunConfig(clients=40, per_round=40, rounds=60, stragglers="bursty", straggler_bursty=[2, 3, 6],
                     straggler_prob=0.2, straggler_slowdown=2.3, profile="datacenter", compute_per_sample=0.01,

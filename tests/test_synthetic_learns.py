@@ -22,7 +22,7 @@ FEDPROX_SYNTHETIC_1_1 = dict(dataset="synthetic", partition="natural", synthetic
 def test_fedprox_synthetic_1_1_reaches_the_papers_fedavg_accuracy(tmp_path):
     res = thinwire.simulate(**FEDPROX_SYNTHETIC_1_1, rounds=40, seed=0, workers=2, progress=False,
                             out_dir=str(tmp_path))
-    from thinwire.synthetic import SyntheticDataset
+    from thinwire.data.synthetic import SyntheticDataset
     y = SyntheticDataset(30, seed=0).test_data()[1].numpy()
     majority = np.bincount(y).max() / len(y)
     assert res.final_accuracy >= max(0.55, majority + 0.2)

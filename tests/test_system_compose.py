@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from helpers import launch_fleet_nodes
-from thinwire.collective import free_port
+from thinwire.collective.group import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 ROUNDS = 5

@@ -1,11 +1,10 @@
 """A user's own data from Python: tensors, torch Datasets or one data set per client."""
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
 import thinwire
-from thinwire.data import from_user_data
+from thinwire.data.datasets import from_user_data
 from thinwire.errors import ConfigError
 
 

@@ -16,7 +16,7 @@ import torch
 
 from thinwire.client.fleet import Fleet, FleetOptions
 from thinwire.config import RunConfig
-from thinwire.security import Authenticator, ClientSecurity, ServerSecurity
+from thinwire.wire.security import Authenticator, ClientSecurity, ServerSecurity
 from thinwire.server.app import ParameterServer, ServeOptions
 from thinwire.server.service import ServerHandle
 

@@ -21,11 +21,14 @@ from thinwire import compression
 from thinwire.client.grpc_client import Backoff, Connection, ServerUnavailable
 from thinwire.config import RunConfig
 from thinwire.protos import thinwire_pb2 as pb2
-from thinwire.security import Authenticator, ClientSecurity, ServerSecurity
+from thinwire.wire.security import Authenticator, ClientSecurity, ServerSecurity
 from thinwire.server.app import ParameterServer, ServeOptions
 from thinwire.server.service import ServerHandle
-from thinwire.transport import (BODY_ALIGN, GRPC_FRAME, PUSH_SIZE_KEY, BufferBudget, ByteCounter, Link, Reassembly, WireError, chunk_crcs, crc32, sha256,
-                                split, update_messages)
+from thinwire.wire.reassembly import BODY_ALIGN, BufferBudget, Reassembly
+from thinwire.wire.format import (GRPC_FRAME, PUSH_SIZE_KEY, ByteCounter, WireError, chunk_crcs, crc32,
+    sha256, split)
+from thinwire.wire.link import Link
+from thinwire.wire.messages import update_messages
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMEL = 1000
@@ -111,7 +114,7 @@ def test_buffer_budget_bounds_recycles_and_times_out():
 
 
 def test_hand_parser_matches_protobuf():
-    from thinwire.transport import chunk_bytes, parse_chunk
+    from thinwire.wire.messages import chunk_bytes, parse_chunk
 
     body = memoryview(bytes(range(256)) * 10)
     raw = chunk_bytes(pb2, -3, 7, 5, 9, 1024, body[1024:2048])
@@ -126,7 +129,7 @@ def test_hand_parser_matches_protobuf():
 
 
 def test_link_drops_exactly_the_simulated_chunks():
-    from thinwire.faults import NetworkModel
+    from thinwire.faults.network import NetworkModel
 
     net = NetworkModel(seed=3, loss="iid", loss_prob=0.3, chunk_size=64)
     payload, hs = _identity(torch.randn(400))
@@ -167,7 +170,7 @@ def _serve(tmp_path, *, clients=2, per_round=2, rounds=1, auth=None, creds=None,
     ps = ParameterServer(cfg, opts, init_vec=torch.zeros(NUMEL), evaluator=None)
     auth = auth or Authenticator()
     return ServerHandle(ps, ServerSecurity(creds, auth, [] if not auth.enabled else
-                                           [__import__("thinwire.security").security.AuthInterceptor(auth)]))
+                                           [__import__("thinwire.wire.security").wire.security.AuthInterceptor(auth)]))
 
 
 def _conn(port, token=None):
@@ -321,7 +324,7 @@ def test_byte_accounting_is_exact(tmp_path):
 
 
 def test_retransmit_and_holes_under_emulated_loss(tmp_path):
-    from thinwire.faults import NetworkModel
+    from thinwire.faults.network import NetworkModel
 
     h = _serve(tmp_path, clients=1, per_round=1, loss="iid", loss_prob=0.25, seed=4, chunk_size=256)
     h.ps.opts.emulate = True
@@ -361,7 +364,7 @@ def test_holes_policy_decodes_eden_around_lost_chunks(tmp_path):
     """With --loss-policy holes and a codec that supports holes, lost chunks are never resent."""
     import json
 
-    from thinwire.faults import NetworkModel
+    from thinwire.faults.network import NetworkModel
     from thinwire.task import Task
 
     h = _serve(tmp_path, clients=1, per_round=1, loss="iid", loss_prob=0.3, loss_policy="holes", seed=2,

@@ -15,7 +15,9 @@ import torch
 
 from thinwire import compression
 from thinwire.protos import thinwire_pb2 as pb2
-from thinwire.transport import PUSH_SIZE_KEY, ByteCounter, Link, chunk_crcs, crc32, sha256, split, update_messages
+from thinwire.wire.format import PUSH_SIZE_KEY, ByteCounter, chunk_crcs, crc32, split
+from thinwire.wire.link import Link
+from thinwire.wire.messages import update_messages
 
 UNARY = {"Join": pb2.JoinRequest, "Leave": pb2.LeaveRequest, "Heartbeat": pb2.HeartbeatRequest,
          "GetTask": pb2.TaskRequest, "Status": pb2.StatusRequest, "HeartbeatMany": pb2.ManyRequest,

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from thinwire.crash import crash_point
+from thinwire.faults.crash import crash_point
 
 CHECKPOINT = "checkpoint.pt"
 

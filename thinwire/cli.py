@@ -10,8 +10,8 @@ import argparse
 import importlib
 import sys
 
-from . import logs
-from .errors import UserError
+from thinwire import logs
+from thinwire.errors import UserError
 
 # name -> (module, one-line help). The module provides add_arguments(parser) and run(args).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -19,12 +19,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "server": ("thinwire.server.command", "run the gRPC parameter server"),
     "client": ("thinwire.client.command", "run one or many clients against a server"),
     "launch": ("thinwire.launch", "start server + client fleet as Ray actors (local or cluster)"),
-    "allreduce": ("thinwire.collective_command", "data-parallel training with compressed all-reduce"),
-    "decentralized": ("thinwire.decentralized_command", "peers on a graph without a server: CDProxSGT, DProxSGT, "
+    "allreduce": ("thinwire.collective.command", "data-parallel training with compressed all-reduce"),
+    "decentralized": ("thinwire.gossip.command", "peers on a graph without a server: CDProxSGT, DProxSGT, "
                       "ChocoSGD, all-reduce"),
     "bench": ("thinwire.bench", "benchmarks measured as side-by-side ratios (`thinwire bench --help` lists them)"),
     "plot": ("thinwire.plots", "render PNG plots from a run directory's metrics.jsonl"),
-    "certs": ("thinwire.certs", "make a development CA and TLS certificates"),
+    "certs": ("thinwire.wire.certs", "make a development CA and TLS certificates"),
 }
 
 
@@ -40,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     parser = _Parser(prog="thinwire", description="communication-efficient distributed and federated training")
-    from . import __version__
+    from thinwire import __version__
 
     parser.add_argument("--version", action="version", version=f"thinwire {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
-from .errors import ConfigError
+from thinwire.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -222,7 +222,7 @@ class RunConfig:
         from thinwire.plugins import absolute
         # File plug-ins by absolute path: Ray workers and client processes run elsewhere.
         self.strategy, self.codec = absolute(self.strategy), absolute(self.codec)
-        from .rundir import check_run_name
+        from thinwire.rundir import check_run_name
         check_run_name(self.name)
         check_int("seed", self.seed, 0)
         check_int("rounds", self.rounds, 1)
@@ -285,7 +285,7 @@ class RunConfig:
         check_int("workers", self.workers, 0)
         self._validate_sgc()
         if self.tensorboard:
-            from .metrics import TENSORBOARD_MISSING, tensorboard_available
+            from thinwire.metrics import TENSORBOARD_MISSING, tensorboard_available
             if not tensorboard_available():
                 raise ConfigError("tensorboard", TENSORBOARD_MISSING)
         return self
@@ -308,7 +308,7 @@ class RunConfig:
         if self.stragglers == "bursty" and b[2] > self.clients:
             raise ConfigError("straggler_bursty", f"lambda {b[2]} exceeds clients={self.clients}", f"lambda <= {self.clients}")
         if self.strategy in SGC_STRATEGIES:
-            from thinwire.server.sgc_strategy import check_config
+            from thinwire.server.strategy.sgc import check_config
             check_config(self)
 
 

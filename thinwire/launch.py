@@ -53,7 +53,7 @@ class ServerActor:
         import torch
 
         from thinwire.config import build
-        from thinwire.security import Authenticator, AuthInterceptor, ServerSecurity
+        from thinwire.wire.security import Authenticator, AuthInterceptor, ServerSecurity
         from thinwire.server.app import ParameterServer, ServeOptions
         from thinwire.server.service import ServerHandle
 
@@ -71,7 +71,7 @@ class ServerActor:
         if secure:
             import grpc
 
-            from thinwire import certs
+            from thinwire.wire import certs
             ca, ca_key = certs.make_ca(days=7)
             cert, key = certs.make_leaf(ca, ca_key, opts.host, sorted({opts.host, self.ip}), server=True, days=7)
             creds = grpc.ssl_server_credentials([(certs.pem_key(key), certs.pem_cert(cert))])
@@ -115,7 +115,7 @@ class FleetActor:
         import grpc
 
         from thinwire.client.fleet import FleetOptions, run_fleet
-        from thinwire.security import ClientSecurity
+        from thinwire.wire.security import ClientSecurity
 
         creds = grpc.ssl_channel_credentials(root_certificates=ca_pem) if ca_pem else None
         sec = ClientSecurity(creds, None, token or None)

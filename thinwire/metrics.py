@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .errors import DataError
+from thinwire.errors import DataError
 
 
 TENSORBOARD_DIR = "tensorboard"
@@ -38,7 +38,7 @@ class MetricsWriter:
         self._tb = None
         if tensorboard:
             if not tensorboard_available():
-                from .errors import ConfigError
+                from thinwire.errors import ConfigError
                 raise ConfigError("tensorboard", TENSORBOARD_MISSING)
             from torch.utils.tensorboard import SummaryWriter
             purge = None if resume_after is None else resume_after + 1

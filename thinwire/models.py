@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from thinwire.errors import ConfigError
 
 BUILTIN_MODELS = ("mlp", "lenet", "logreg")
 MODELS_ALLOWED = "mlp, lenet, logreg or package.module:function"

@@ -1,12 +1,16 @@
-"""`thinwire plot RUN [RUN ...]`: PNGs of accuracy vs round, vs time (simulated or wall) and vs bytes uploaded.
+"""The one plotting module of every engine, and `thinwire plot RUN [RUN ...]`.
 
-One run: its three plots in its own directory. Several runs (codec A vs codec B, ...): each plot
-overlays one line per run, labelled with the run's name, written as compare_*.png.
+- Federated runs (simulate, server, launch): PNGs of accuracy vs round, vs time (simulated or wall)
+  and vs bytes uploaded. One run: its three plots in its own directory. Several runs (codec A vs
+  codec B, ...): each plot overlays one line per run, labelled with the run's name (compare_*.png).
+- `thinwire allreduce`: accuracy vs step and vs all-reduce bytes, one line per method.
+- `thinwire decentralized`: the federated plots plus consensus error vs epoch.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any, Sequence
 
 from thinwire.errors import UserError
 from thinwire.metrics import read_metrics
@@ -109,3 +113,55 @@ def run(args: argparse.Namespace) -> int:
     for p in plot_runs(args.run_dir, args.out):
         print(p)
     return 0
+
+
+def _save(fig, ax, path: Path, title: str) -> Path:
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return path
+
+
+def plot_allreduce(curves: dict[str, list[list[dict[str, Any]]]], out: Path, *, title: str = "",
+                   prefix: str = "") -> list[Path]:
+    """Accuracy vs step and vs all-reduce bytes, one line per method (mean over the given runs)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for xkey, xlabel, fname in (("step", "step", "accuracy_vs_step.png"),
+                                ("bytes", "all-reduce payload bytes per worker", "accuracy_vs_bytes.png")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for method, runs in curves.items():
+            n = min(len(r) for r in runs)
+            xs = [runs[0][i][xkey] for i in range(n)]
+            ys = [sum(r[i]["accuracy"] for r in runs) / len(runs) for i in range(n)]
+            ax.plot(xs, ys, label=f"{method}" + (f" (mean of {len(runs)})" if len(runs) > 1 else ""))
+        if xkey == "bytes":
+            ax.set_xscale("symlog", linthresh=1e4)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test accuracy")
+        ax.legend()
+        paths.append(_save(fig, ax, out / (prefix + fname), title))
+    return paths
+
+
+def plot_decentralized(history: Sequence[dict[str, Any]], out: Path, title: str = "") -> list[Path]:
+    """accuracy vs epoch / simulated time / bytes (as `plot_run`) plus consensus error vs epoch."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = plot_run(out)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rows = [r for r in history if r["epoch"] > 0]
+    ax.semilogy([r["epoch"] for r in rows], [max(r["consensus_error"], 1e-12) for r in rows])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("consensus error sum_i ||x_i - x-bar||^2")
+    return [*paths, _save(fig, ax, Path(out) / "consensus_vs_epoch.png", title)]

@@ -19,8 +19,7 @@ import shutil
 from pathlib import Path
 from typing import TypeVar
 
-from .errors import ConfigError
-from .paths import make_dir
+from thinwire.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -28,6 +27,22 @@ LATEST = "latest"
 # Files whose presence means "a run was written here" (simulate/server/allreduce all write some).
 RUN_MARKERS = ("metrics.jsonl", "checkpoint.pt", "config.toml", "config.json", "summary.json")
 
+
+
+def make_dir(field: str, path: str | os.PathLike) -> Path:
+    """Create directory `path` (and its parents) if missing; ConfigError naming `field` otherwise."""
+    p = Path(path)
+    for parent in (p, *p.parents):
+        if parent.exists() and not parent.is_dir():
+            what = "is" if parent == p else "is under"
+            raise ConfigError(field, f"{str(p)!r} {what} the regular file {str(parent)!r}",
+                              "a directory path (not a file, nor under one)")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(field, f"cannot create directory {str(p)!r} ({e.strerror or e})",
+                          "a writable directory path") from None
+    return p
 
 def check_run_name(name: str) -> None:
     """A run name is empty (automatic) or one path component other than '.', '..' and 'latest'."""

@@ -34,6 +34,24 @@ def set_flat(model: nn.Module, vec: torch.Tensor, spec: FlatSpec | None = None) 
             state[name].copy_(t.view_as(state[name]))
 
 
+def flat_grad(model: nn.Module, *, like_state: bool = False) -> torch.Tensor:
+    """The model's gradient as one flat vector; a parameter without a gradient contributes zeros.
+
+    Default layout: `model.parameters()` in order, in their dtype (the all-reduce engines' vector).
+    `like_state=True`: laid out like `get_flat` (the float state-dict entries in order, buffers
+    such as BN statistics get zero) and in float64, which gradient coding's exact decoding needs."""
+    if not like_state:
+        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                          for p in model.parameters()])
+    params = dict(model.named_parameters())
+    out = []
+    for name, t in state_items(model):
+        p = params.get(name)
+        g = p.grad if p is not None and p.grad is not None else None
+        out.append((g if g is not None else torch.zeros_like(t)).reshape(-1).double())
+    return torch.cat(out)
+
+
 def local_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 1, batch_size: int = 16,
                 lr: float = 0.05, momentum: float = 0.0, weight_decay: float = 0.0, seed: int = 0) -> tuple[float, int]:
     """Plain minibatch SGD over (x, y); returns (mean training loss, number of steps)."""

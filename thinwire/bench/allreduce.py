@@ -75,7 +75,9 @@ def _variants(args: argparse.Namespace) -> list[tuple[str, str, float]]:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from thinwire.collective import AllreduceConfig, WorkerGroup, plot_runs
+    from thinwire.collective.config import AllreduceConfig
+    from thinwire.collective.engine import WorkerGroup
+    from thinwire.plots import plot_allreduce
 
     seeds = _ints("seeds", args.seeds)
     variants = _variants(args)
@@ -151,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         title = (f"{ds} {args.model}, {args.workers} workers, ratio {args.ratio:g}, c={args.coeff:g}, "
                  f"seeds {args.seeds}")
         for out in filter(None, [Path(args.out_dir), Path(args.plots_dir) if args.plots_dir else None]):
-            paths = plot_runs(curves, out, title=title, prefix=f"allreduce_{ds}_")
+            paths = plot_allreduce(curves, out, title=title, prefix=f"allreduce_{ds}_")
             print("plots: " + ", ".join(str(p) for p in paths))
     print(f"total wall time {results['wall_seconds']:.0f} s")
     for out in filter(None, [args.json, str(Path(args.out_dir) / "bench.json")]):

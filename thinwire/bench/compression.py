@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
+from thinwire.errors import ConfigError, DataError
 
 DEFAULT_CODECS = [
     "eden:bits=0.5", "eden:bits=1", "eden:bits=2", "eden:bits=3", "eden:bits=4",
@@ -66,8 +66,8 @@ def synthetic(dist: str, d: int, n: int, seed: int) -> list[torch.Tensor]:
 
 def digits_gradients(model_name: str, n: int, seed: int, warmup: int = 20) -> tuple[list[torch.Tensor], tuple[int, ...]]:
     """Per-client minibatch gradients of a digits model after `warmup` full-batch SGD steps."""
-    from ..loaders import load_dataset
-    from ..models import build_model
+    from thinwire.data.loaders import load_dataset
+    from thinwire.models import build_model
 
     ds = load_dataset("digits", seed=seed)
     model = build_model(model_name, ds.input_shape, ds.num_classes, seed=seed)
@@ -134,9 +134,9 @@ def _best_time(fn: Callable[[], Any], repeat: int, device: torch.device) -> tupl
 
 def measure_codec(spec: str, xs: list[torch.Tensor], segments: tuple[int, ...] | None, repeat: int,
                   device: torch.device, seed: int) -> dict[str, Any]:
-    from .. import compression as C
-    from ..compression import stats
-    from ..compression.eden import mean_of
+    from thinwire import compression as C
+    from thinwire.compression import stats
+    from thinwire.compression.eden import mean_of
 
     codec = C.from_spec(spec)
     d = xs[0].numel()
@@ -165,9 +165,9 @@ def measure_codec(spec: str, xs: list[torch.Tensor], segments: tuple[int, ...] |
 
 def speed_check(d: int, repeat: int, device: torch.device, seed: int) -> dict[str, Any]:
     """EDEN b=2 encode+decode vs one FWHT + one bucketize over the same vector."""
-    from .. import compression as C
-    from ..compression.eden import boundaries
-    from ..compression.hadamard import fwht_
+    from thinwire import compression as C
+    from thinwire.compression.eden import boundaries
+    from thinwire.compression.hadamard import fwht_
 
     x = torch.randn(d, generator=torch.Generator().manual_seed(seed)).to(device)
     codec, ctx = C.get("eden", bits=2), C.Context(seed=seed)
@@ -272,7 +272,7 @@ def _validate(args: argparse.Namespace) -> torch.device:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import compression as C
+    from thinwire import compression as C
 
     device = _validate(args)
     if args.threads:

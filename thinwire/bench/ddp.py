@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from thinwire.config import check_int
 from thinwire.errors import ConfigError
-from thinwire.peers import Peer, PeerGroup
+from thinwire.collective.group import Peer, PeerGroup
 
 EDEN = "max_overhead=0.02"  # chunking that keeps EDEN's zero padding under 2 % of the parameters
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -87,8 +87,8 @@ class DDPBenchWorker(Peer):
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         import thinwire.ddp
-        from thinwire.collective import batch_indices, steps_per_epoch
-        from thinwire.data import load_dataset
+        from thinwire.collective.allreduce import batch_indices, steps_per_epoch
+        from thinwire.data.loaders import load_dataset
         from thinwire.models import build_model
 
         seed = opts["seed"]

@@ -51,8 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from thinwire.gossip import Diverged
-    from thinwire.gossip_engine import DecentralizedConfig, run_decentralized
+    from thinwire.gossip.step import Diverged
+    from thinwire.gossip.config import DecentralizedConfig
+    from thinwire.gossip.engine import run_decentralized
 
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in names if m not in METHODS]

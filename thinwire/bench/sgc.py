@@ -81,19 +81,20 @@ def _validate(a: argparse.Namespace) -> None:
 
 
 def load0_for(a: argparse.Namespace, seed: int, cols: int) -> np.ndarray:
-    from thinwire import faults
+    from thinwire.faults.stragglers import bursty_pattern, gilbert_pattern, load0_profile
+    from thinwire.faults.traces import read_completion_trace
 
     if a.trace:
-        L0 = faults.read_completion_trace(a.trace)
+        L0 = read_completion_trace(a.trace)
         if L0.shape[0] < a.workers or L0.shape[1] < cols:
             raise ConfigError("trace", f"trace is {L0.shape[0]} x {L0.shape[1]}, need {a.workers} x {cols}")
         return L0[: a.workers, :cols]
     if a.stragglers == "gilbert":
-        pat = faults.gilbert_pattern(a.workers, cols, a.p_bad, a.burst, seed=seed)
+        pat = gilbert_pattern(a.workers, cols, a.p_bad, a.burst, seed=seed)
     else:
         B, W, lam = _ints("bursty", a.bursty)
-        pat = faults.bursty_pattern(a.workers, cols, B, W, lam, a.start_prob, seed=seed)
-    return faults.load0_profile(pat, seed=seed, base_s=a.base_s, slow_min=a.slow_min, tail_shape=a.tail)
+        pat = bursty_pattern(a.workers, cols, B, W, lam, a.start_prob, seed=seed)
+    return load0_profile(pat, seed=seed, base_s=a.base_s, slow_min=a.slow_min, tail_shape=a.tail)
 
 
 class _Trainer:
@@ -102,7 +103,7 @@ class _Trainer:
     def __init__(self, models: int, batch: int, lr: float, seed: int) -> None:
         import torch
 
-        from thinwire.loaders import load_dataset
+        from thinwire.data.loaders import load_dataset
         from thinwire.models import build_model
 
         ds = load_dataset("digits", seed=seed)
@@ -114,7 +115,7 @@ class _Trainer:
         self.max_coef_err = 0.0
 
     def job_batch(self, t: int):
-        from thinwire.coded_gradient import job_indices
+        from thinwire.coding.jobs import job_indices
 
         idx = job_indices(self.seed, t, len(self.x), self.batch)
         return self.x[idx], self.y[idx]
@@ -129,7 +130,7 @@ class _Trainer:
         import torch
         import torch.nn.functional as F
 
-        from thinwire.server.sgc_schemes import layout_bounds
+        from thinwire.coding.schemes import layout_bounds
 
         net, opt = self.nets[t % len(self.nets)], self.opts[t % len(self.opts)]
         xb, yb = self.job_batch(t)
@@ -149,7 +150,7 @@ class _Trainer:
 def _decode_timing(reps: int, seed: int) -> dict:
     """Wall time of one round's GC decode at n=256, s=27 (the paper's 290 ms case): coefficients for
     a fresh arrival pattern (cache miss) + the float64 combination of n-s CNN-sized messages."""
-    from thinwire.server.gradient_coding import make_decoder
+    from thinwire.coding.matrices import make_decoder
 
     n, s, d = 256, 27, PAPER_CNN_PARAMS
     dec = make_decoder("cyclic", n, s, seed)
@@ -174,8 +175,8 @@ def _decode_timing(reps: int, seed: int) -> dict:
 def run(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from thinwire.server.sgc_runtime import search, simulate
-    from thinwire.server.sgc_schemes import make_scheme
+    from thinwire.coding.runtime import search, simulate
+    from thinwire.coding.schemes import make_scheme
 
     _validate(a)
     import torch

@@ -67,7 +67,7 @@ def workload(args: argparse.Namespace, out_dir: str) -> RunConfig:
 
 def initial_model(cfg: RunConfig):
     """(data, model) exactly as `thinwire.sim.engine.simulate` builds them, so the weights match."""
-    from thinwire.data import dataset_from_config
+    from thinwire.data.datasets import dataset_from_config
     from thinwire.models import model_from_config
 
     torch.manual_seed(cfg.seed)

@@ -59,7 +59,7 @@ def soak_config(args):
 def _serve_server(args) -> None:
     import torch
 
-    from thinwire.security import Authenticator, ServerSecurity
+    from thinwire.wire.security import Authenticator, ServerSecurity
     from thinwire.server.app import ParameterServer, ServeOptions
     from thinwire.server.service import ServerHandle
 
@@ -75,7 +75,7 @@ def _serve_server(args) -> None:
 
 def _serve_fleet(args) -> None:
     from thinwire.client.fleet import FleetOptions, run_fleet
-    from thinwire.security import ClientSecurity
+    from thinwire.wire.security import ClientSecurity
 
     ids = list(range(args.start, args.start + args.count))
     res = run_fleet(FleetOptions(server=args.server, client_ids=ids, parallel=2, max_wait=120.0, progress=False),
@@ -187,8 +187,8 @@ def control_cost(calls: int = 3000, batches: int = 60, ids: int = 1000) -> dict[
     import psutil
 
     from thinwire.client.grpc_client import Backoff, Connection
-    from thinwire.collective import free_port
-    from thinwire.security import ClientSecurity
+    from thinwire.collective.group import free_port
+    from thinwire.wire.security import ClientSecurity
 
     tmp = Path(tempfile.mkdtemp(prefix="tw-control-"))
     port = free_port()

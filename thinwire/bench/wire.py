@@ -55,7 +55,7 @@ def _serve_thinwire(args) -> None:
     import torch
 
     from thinwire.config import RunConfig
-    from thinwire.security import Authenticator, ServerSecurity
+    from thinwire.wire.security import Authenticator, ServerSecurity
     from thinwire.server.app import ParameterServer, ServeOptions
     from thinwire.server.service import ServerHandle
 
@@ -87,7 +87,7 @@ def _serve_raw(args) -> None:
 
     handler = grpc.method_handlers_generic_handler("thinwire.bench.Raw", {
         "Push": grpc.stream_unary_rpc_method_handler(push, request_deserializer=None, response_serializer=None)})
-    from thinwire.transport import server_options
+    from thinwire.wire.format import server_options
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=128), options=server_options(args.chunk_kb * 1024))
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -208,8 +208,8 @@ def _run_pushes(n: int, streams: int, fn) -> tuple[float, list[float]]:
 def _thinwire_phase(args, n, numel, streams, ncon, chunk, enc, payload, tmp) -> dict[str, Any]:
     from thinwire.client.grpc_client import Backoff, Connection
     from thinwire.protos import thinwire_pb2 as pb2
-    from thinwire.security import ClientSecurity
-    from thinwire.transport import Link
+    from thinwire.wire.security import ClientSecurity
+    from thinwire.wire.link import Link
 
     proc, port = _start("thinwire", args, n, numel, tmp)
     try:
@@ -277,7 +277,7 @@ def _thinwire_phase(args, n, numel, streams, ncon, chunk, enc, payload, tmp) -> 
 def _raw_phase(args, n, numel, streams, ncon, chunk, payload, tmp) -> dict[str, Any]:
     import grpc
 
-    from thinwire.transport import channel_options, split
+    from thinwire.wire.format import channel_options, split
 
     rproc, rport = _start("raw", args, n, numel, tmp)
     try:

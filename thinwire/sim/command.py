@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = config.from_args(RunConfig, args)
     cfg = in_run_dir(cfg, "simulate", resume=args.resume, force=args.force)
-    from .engine import results_table, simulate
+    from thinwire.sim.engine import results_table, simulate
 
     result = simulate(cfg, resume=args.resume)
     data_summary = result.run_dir / "partition.txt"

@@ -20,13 +20,13 @@ import torch
 from thinwire import compression
 from thinwire.config import RunConfig, to_dict
 from thinwire.errors import UserError
-from thinwire.faults import NetworkModel
-from thinwire.paths import make_dir
+from thinwire.faults.network import NetworkModel
+from thinwire.rundir import make_dir
 from thinwire.server.rounds import Arrival, Lost, RoundEngine, RunResult, results_table, summarize  # noqa: F401
 from thinwire.task import Task
 
-from .store import ClientStateStore
-from .worker import SimWorker
+from thinwire.sim.store import ClientStateStore
+from thinwire.sim.worker import SimWorker
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class SimTransport:
 def simulate(cfg: RunConfig, *, resume: bool = False, pool: WorkerPool | None = None, data=None) -> RunResult:
     """Run a federated simulation; returns the per-round metrics (also in RUN_DIR/metrics.jsonl).
     `data` (a FederatedDataset) replaces the configured data set, e.g. a user's own."""
-    from thinwire.data import dataset_from_config
+    from thinwire.data.datasets import dataset_from_config
     from thinwire.training import build_run_model
 
     cfg.validate()
