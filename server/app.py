@@ -1,12 +1,11 @@
 """The served parameter server: the gRPC-facing state of a served run, and the round engine's
 transport on the wall clock.
 
-The round loop itself is thinwire.server.rounds (the same one `thinwire simulate` runs). This
-module keeps what only a served run has: the live client registry (joins, heartbeats), the task
-each selected client fetches, the model download cache, and pushes: a push is admitted against
-the open round, reassembled chunk by chunk within a byte budget, verified, then handed to the
-engine as an `Arrival`; the pushing gRPC thread waits for the engine's verdict (accepted, late,
-refused) before it answers, and only then recycles the buffer (decoding may be zero-copy).
+The round loop itself is thinwire.server.rounds (the same one `thinwire simulate` runs). A
+`ParameterServer` is composed of what only a served run has: the live client registry
+(`membership`), the round ledger here (the open round, the task each selected client fetches, who
+was answered, the model download cache) and push ingest (`ingest`: admission, reassembly within a
+byte budget, hand-over to the engine).
 
 Exactly-once: the checkpoint written after a round is finalized holds the model, the strategy and
 the accepted (round, client) history. A crash mid-round loses only that round's partial sum; on
@@ -29,15 +28,16 @@ from thinwire import compression
 from thinwire.config import RunConfig, to_dict
 from thinwire.faults.network import NetworkModel
 from thinwire.rundir import make_dir
-from thinwire.task import Task, result_header
+from thinwire.task import Task
 from thinwire.wire.reassembly import BufferBudget, Reassembly
 from thinwire.wire.format import ByteCounter, WireError, sha256
 
+from thinwire.server.ingest import PushIngest
+from thinwire.server.membership import Membership
 from thinwire.server.rounds import ACCEPTED_LOG, Arrival, Lost, RoundEngine
 from thinwire.server.strategy import make_strategy
 
 log = logging.getLogger("thinwire.server")
-VERDICT_WAIT = 0.25          # how often a pushing thread waiting for the engine checks for a stop
 
 
 @dataclass
@@ -72,13 +72,6 @@ class RoundState:
     lost_reported: set[int] = field(default_factory=set)
 
 
-@dataclass
-class ClientInfo:
-    last_seen: float
-    hostname: str = ""
-    left: bool = False
-
-
 class ParameterServer:
     """State of one served run; the gRPC servicer calls into it, the round engine drives it."""
 
@@ -98,23 +91,22 @@ class ParameterServer:
         self.numel = init_vec.numel()
         self.net = NetworkModel.from_config(cfg)
         self.codec = compression.from_spec(cfg.codec)
-        self.holes_ok = cfg.loss_policy == "holes" and self.codec.supports_holes
         model_bytes = 4 * self.numel
         strategy = make_strategy(cfg)
         # Default per-push limit: the strategy's bound on one result (e.g. NTK-FL's Jacobians, ~N_m x
         # d_2 x the model) or, for model-sized deltas, 4 x the fp32 model + 1 MiB; --max-update-mb wins.
         bound = strategy.max_result_bytes(self.numel)
-        self.max_update_bytes = opts.max_update_bytes or (int(bound) if bound else 4 * model_bytes + (1 << 20))
+        max_update_bytes = opts.max_update_bytes or (int(bound) if bound else 4 * model_bytes + (1 << 20))
         # Default: two full-precision pushes (with their per-push overhead), so one is received
         # while the other is checked and folded into the sum.
         push = Reassembly.charge(max(model_bytes, int(bound or 0)) + (1 << 16), cfg.chunk_size)
-        self.budget = BufferBudget(opts.buffer_budget or max(32 << 20, 2 * push))
+        budget = BufferBudget(opts.buffer_budget or max(32 << 20, 2 * push))
         self.up, self.down = ByteCounter(), ByteCounter()
         self.lock = threading.RLock()
         self.cv = threading.Condition(self.lock)
-        self.clients: dict[int, ClientInfo] = {}
-        self.partial: dict[tuple[int, int], Reassembly] = {}
-        self.busy: set[tuple[int, int]] = set()
+        self.members = Membership(cfg.clients, opts.heartbeat_timeout, self.cv)
+        self.ingest = PushIngest(self, max_update_bytes=max_update_bytes, budget=budget, push_wait=opts.push_wait,
+                                 holes_ok=cfg.loss_policy == "holes" and self.codec.supports_holes)
         self.answered: dict[tuple[int, int], str] = {}   # (round, client) -> accepted / late
         self.round_state: RoundState | None = None
         self.events: queue.Queue = queue.Queue()
@@ -205,44 +197,10 @@ class ParameterServer:
                 self._blobs[key] = entry
         return (*entry, version)
 
-    # -- clients --------------------------------------------------------------------------------
-    def check_client(self, cid: int) -> None:
-        if cid < 0 or cid >= self.cfg.clients:
-            raise WireError("INVALID_ARGUMENT", f"client id {cid} out of range 0..{self.cfg.clients - 1}")
-
-    def join(self, cid: int, hostname: str) -> None:
-        self.check_client(cid)
-        with self.cv:
-            self.clients[cid] = ClientInfo(time.monotonic(), hostname)
-            self.cv.notify_all()
-        log.info("client %d joined from %s", cid, hostname or "?")
-
-    def touch(self, cid: int) -> bool:
-        with self.lock:
-            info = self.clients.get(cid)
-            if info is None or info.left:
-                return False
-            info.last_seen = time.monotonic()
-            return True
-
-    def touch_many(self, ids: list[int]) -> list[int]:
-        """Heartbeat of many clients at once (one lock, one clock read); returns the unknown ids."""
-        now = time.monotonic()
-        unknown = []
-        with self.lock:
-            clients = self.clients
-            for cid in ids:
-                info = clients.get(cid)
-                if info is None or info.left:
-                    unknown.append(cid)
-                else:
-                    info.last_seen = now
-        return unknown
-
     def tasks_for_many(self, ids: list[int]) -> tuple[list[int], list[tuple[int, tuple]], bool]:
         """A task poll of many clients (also their heartbeat): (unknown ids, [(id, (RoundState,
         Task, seconds left))] for the ids that have a task now, finished)."""
-        unknown = self.touch_many(ids)
+        unknown = self.members.touch_many(ids)
         with self.lock:
             if self.finished:
                 return unknown, [], True
@@ -256,23 +214,6 @@ class ParameterServer:
             tasks = [(cid, (rs, rs.tasks[cid], left)) for cid in ids
                      if cid in rs.tasks and cid not in skip and (rs.round, cid) not in self.answered]
         return unknown, tasks, False
-
-    def is_alive(self, cid: int, now: float) -> bool:
-        info = self.clients.get(cid)
-        return info is not None and not info.left and now - info.last_seen <= self.opts.heartbeat_timeout
-
-    def leave(self, cid: int) -> None:
-        with self.cv:
-            info = self.clients.get(cid)
-            if info is not None:
-                info.left = True
-            self.cv.notify_all()
-
-    def alive(self) -> list[int]:
-        now = time.monotonic()
-        with self.lock:
-            return sorted(c for c, i in self.clients.items()
-                          if not i.left and now - i.last_seen <= self.opts.heartbeat_timeout)
 
     def task_for(self, cid: int) -> tuple[str, Any]:
         """('train', (RoundState, Task, seconds left)) / ('wait', reason) / ('finished', None)."""
@@ -310,7 +251,7 @@ class ParameterServer:
         t_end = time.monotonic() + self.opts.join_wait
         with self.cv:
             while not self.stop_event.is_set():
-                alive = self.alive()
+                alive = self.members.alive()
                 if len(alive) >= need:
                     return alive
                 if time.monotonic() >= t_end and len(alive) >= self.engine.policy.min_clients:
@@ -356,7 +297,7 @@ class ParameterServer:
         now = time.monotonic()
         with self.lock:                       # only the selected clients: cost flat in idle clients
             for c in rs.selected:
-                if (not self.is_alive(c, now) and (rs.round, c) not in self.busy and (rs.round, c) not in self.answered
+                if (not self.members.is_alive(c, now) and (rs.round, c) not in self.ingest.busy and (rs.round, c) not in self.answered
                         and c not in rs.lost_reported):
                     rs.lost_reported.add(c)
                     return c
@@ -375,11 +316,9 @@ class ParameterServer:
             except queue.Empty:
                 break
             ev.answer("late", "the round closed before this update was taken")
-        self.budget.clear_pool()              # idle until the next round; finalize needs the room
-        with self.cv:
-            for key in [k for k in self.partial if k[0] == rnd and k not in self.busy]:
-                self._drop_partial(key)
-        held = self.budget.snapshot()         # after this round's partial buffers were dropped
+        self.ingest.budget.clear_pool()       # idle until the next round; finalize needs the room
+        self.ingest.drop_round(rnd)
+        held = self.ingest.budget.snapshot()  # after this round's partial buffers were dropped
         up0, down0 = self._io0 or (self.up.snapshot(), self.down.snapshot())
         up1, down1 = self.up.snapshot(), self.down.snapshot()
         rs = rs or RoundState(rnd, [], 0.0, {})
@@ -402,189 +341,6 @@ class ParameterServer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
-    # -- pushes ---------------------------------------------------------------------------------
-    def reserve(self, nbytes: int, chunk_size: int) -> int:
-        """Reassembly budget for a push the client declared (`nbytes` Encoded bytes), taken before
-        its first message is read; returns the amount, which `begin_push` takes over."""
-        if nbytes > self.max_update_bytes:
-            raise WireError("RESOURCE_EXHAUSTED",
-                            f"update of {nbytes} bytes exceeds the server limit of {self.max_update_bytes} bytes")
-        cost = Reassembly.charge(nbytes, chunk_size)
-        if not self.budget.acquire(cost, self.opts.push_wait, Reassembly.buffer_bytes(nbytes)):
-            raise WireError("UNAVAILABLE", f"server busy: no reassembly buffer free within {self.opts.push_wait:g} s; "
-                            "retry later")
-        return cost
-
-    def begin_push(self, rnd: int, cid: int, header, reserved: int = 0) -> Reassembly:
-        """Validate a push header against the open round; returns the (new or resumed) buffer.
-        Takes over `reserved` budget (from `reserve`): used for a new buffer, else given back."""
-        try:
-            key, ra = self._admit_push(rnd, cid, header)
-        except BaseException:
-            self.budget.release(reserved)
-            raise
-        if ra is not None:                  # resumes a partial push: its memory is already held
-            self.budget.release(reserved)
-            return ra
-        try:
-            ra = Reassembly(header, max_update_bytes=self.max_update_bytes)
-        except WireError:
-            self.budget.release(reserved)
-            self._release(key)
-            raise
-        if reserved >= ra.cost:
-            self.budget.release(reserved - ra.cost)
-        else:
-            self.budget.release(reserved)   # declared too little (or nothing): wait for the real size
-            if not self.budget.acquire(ra.cost, self.opts.push_wait, ra.buffer_size):
-                self._release(key)
-                raise WireError("UNAVAILABLE", f"server busy: no reassembly buffer free within "
-                                f"{self.opts.push_wait:g} s; retry later")
-        ra.attach(self.budget.take(ra.buffer_size))
-        with self.lock:
-            self.partial[key] = ra
-        return ra
-
-    def _task_of(self, rnd: int, cid: int) -> Task | None:
-        """The task a push for (rnd, cid) answers: this round's, or an earlier round's within the
-        strategy's delay window (delayed jobs)."""
-        rs = self.round_state
-        if rs is not None and rnd == rs.round:
-            return rs.tasks.get(cid)
-        if rs is not None and rs.open and 0 < rs.round - rnd <= self.engine.strategy.max_delay:
-            return self.engine.tasks_by_round.get(rnd, {}).get(cid)
-        return None
-
-    def _admit_push(self, rnd: int, cid: int, header) -> tuple[tuple[int, int], Reassembly | None]:
-        """The protocol checks of a push header; marks (round, client) busy. Returns the key and the
-        partial push it resumes, if any."""
-        self.check_client(cid)
-        key = (rnd, cid)
-        with self.lock:
-            rs = self.round_state
-            if self.finished:
-                raise WireError("FAILED_PRECONDITION", "the run is finished; no more updates are taken")
-            prev = self.answered.get(key)
-            if prev is not None:
-                raise WireError("ALREADY_EXISTS", f"update of client {cid} for round {rnd} was already received ({prev})")
-            task = self._task_of(rnd, cid)
-            if task is None:
-                cur = self.current_round
-                if rs is not None and rnd == rs.round:
-                    raise WireError("FAILED_PRECONDITION", f"client {cid} was not selected for round {rnd}")
-                what = "is closed" if rnd < cur else "has not started"
-                raise WireError("FAILED_PRECONDITION", f"round {rnd} {what} (current round {cur})")
-            if not rs.open:
-                raise WireError("FAILED_PRECONDITION", f"round {rnd} is closed")
-            if header.model_version != rnd:
-                raise WireError("FAILED_PRECONDITION", f"update was trained on model version {header.model_version}, "
-                                f"round {rnd} uses version {rnd}")
-            if header.HasField("job") and header.job != task.job_id:
-                raise WireError("INVALID_ARGUMENT", f"job {header.job} does not match the task's job {task.job_id}")
-            if key in self.busy:
-                raise WireError("ABORTED", f"another push of client {cid} for round {rnd} is in progress")
-            try:
-                h = result_header(bytes(header.encoded_header))
-                allowed = {self.codec.name, "identity"}
-                bad = [c for _, c, _, _ in h["items"] if c not in allowed]
-                if bad:
-                    raise ValueError(f"update codec {bad[0]!r} does not match the run's codec {self.codec.name!r}")
-                self.engine.strategy.check_header(task, h["items"], self.numel)
-            except ValueError as e:
-                raise WireError("INVALID_ARGUMENT", str(e)) from None
-            if h["body_size"] != header.body_size:
-                raise WireError("INVALID_ARGUMENT", f"body_size {header.body_size} does not match the Encoded "
-                                f"sections ({h['body_size']} bytes)")
-            ra = self.partial.get(key)
-            if ra is not None and not ra.same_header(header):
-                self._drop_partial(key)
-                ra = None
-            self.busy.add(key)
-        return key, ra
-
-    def _release(self, key: tuple[int, int]) -> None:
-        with self.lock:
-            self.busy.discard(key)
-
-    def _drop_partial(self, key: tuple[int, int]) -> None:
-        with self.lock:
-            ra = self.partial.pop(key, None)
-        if ra is not None:
-            self.budget.release(ra.cost, ra.detach())
-
-    def abort_push(self, key: tuple[int, int]) -> None:
-        """A push failed validation: forget its buffer, count the rejection."""
-        self._drop_partial(key)
-        self._release(key)
-        with self.lock:
-            self.rejected += 1
-            if self.round_state is not None and self.round_state.round == key[0]:
-                self.round_state.rejected += 1
-
-    def finish_push(self, key: tuple[int, int], ra: Reassembly, header, retransmitted: int) -> tuple[str, list[int], int]:
-        """After a push stream ended: hand a complete result to the engine and wait for its verdict,
-        or keep waiting for missing chunks. Returns (result, missing, holes) with result in
-        accepted / incomplete / late; a refusal raises WireError(INVALID_ARGUMENT)."""
-        rnd, cid = key
-        try:
-            missing = ra.missing()
-            with self.lock:
-                rs = self.round_state
-                if rs is not None:
-                    rs.retransmitted_chunks += retransmitted
-                    if missing:
-                        rs.dropped_chunks += len(missing)
-            holes: list[tuple[int, int]] = []
-            if missing:
-                if not self.holes_ok:
-                    return "incomplete", missing, 0     # the buffer is kept for the retransmission
-                holes = ra.holes()
-            ra.verify()
-            with self.lock:
-                self.partial.pop(key, None)
-                task = self._task_of(rnd, cid)
-                still_open = task is not None and self.round_state is not None and self.round_state.open
-            try:
-                if not still_open:
-                    verdict, message = "late", ""
-                else:
-                    verdict, message = self._hand_over(rnd, cid, task, header, ra, holes)
-            finally:
-                self.budget.release(ra.cost, ra.detach())
-            if verdict == "refused":
-                raise WireError("INVALID_ARGUMENT", message)
-            with self.lock:
-                self.answered[key] = verdict
-                rs = self.round_state
-                if verdict == "accepted" and rs is not None and rnd == rs.round:
-                    rs.accepted.append(cid)
-            return verdict, [], len(holes) if verdict == "accepted" else 0
-        finally:
-            self._release(key)
-
-    def _hand_over(self, rnd: int, cid: int, task: Task, header, ra: Reassembly, holes) -> tuple[str, str]:
-        """Queue the complete result for the engine and wait for its verdict."""
-        done = threading.Event()
-        verdict: list[str] = []
-
-        def reply(v: str, message: str) -> None:
-            verdict.extend((v, message))
-            done.set()
-
-        scalars = {k: float(v) for k, v in header.metrics.items()}
-        scalars.setdefault("num_samples", float(header.num_samples))
-        scalars.setdefault("train_loss", float(header.train_loss))
-        payload = ra.payload()
-        try:
-            self.events.put(Arrival(client_id=cid, round=rnd, job=task.job_id, payload=payload, scalars=scalars,
-                                    time=self.now(), holes=holes, reply=reply))
-            while not done.wait(VERDICT_WAIT):
-                if self.stop_event.is_set():
-                    raise WireError("UNAVAILABLE", "server stopping; push again after it restarts")
-        finally:
-            payload.release()
-        return verdict[0], verdict[1]
-
     def status(self) -> dict[str, Any]:
         with self.lock:
             rs = self.round_state
@@ -592,8 +348,8 @@ class ParameterServer:
             return {
                 "run_name": self.cfg.name, "round": self.current_round, "rounds_total": self.cfg.rounds,
                 "phase": "finished" if self.finished else ("training" if rs is not None and rs.open else "waiting"),
-                "model_version": self.rounds_done, "clients_joined": len(self.clients),
-                "clients_alive": len(self.alive()), "selected": list(rs.selected) if rs else [],
+                "model_version": self.rounds_done, "clients_joined": len(self.members),
+                "clients_alive": len(self.members.alive()), "selected": list(rs.selected) if rs else [],
                 "accepted": list(rs.accepted) if rs else [], "bytes_up_payload": up["payload_bytes"],
                 "bytes_up_wire": up["wire_bytes"], "bytes_down_payload": down["payload_bytes"],
                 "bytes_down_wire": down["wire_bytes"], "accuracy": self.last_eval[0], "loss": self.last_eval[1],

@@ -109,7 +109,7 @@ def serve(cfg: RunConfig, opts: ServeOptions, security, *, resume: bool = False,
         ps.run_rounds(progress=cfg.progress)
         if ps.finished:
             t_end = time.monotonic() + opts.linger
-            while time.monotonic() < t_end and not stop.is_set() and ps.alive():
+            while time.monotonic() < t_end and not stop.is_set() and ps.members.alive():
                 time.sleep(0.1)
     finally:
         server.stop(grace=1.0).wait(5)

@@ -39,34 +39,34 @@ class Servicer(pb2_grpc.ParameterServerServicer):
     def _who(self, context, cid: int) -> None:
         check_identity(self.auth, context, cid)
         try:
-            self.ps.check_client(cid)
+            self.ps.members.check(cid)
         except WireError as e:
             _abort(context, e)
 
     def Join(self, request, context):
         self._who(context, request.client_id)
-        self.ps.join(request.client_id, request.hostname)
+        self.ps.members.join(request.client_id, request.hostname)
         o = self.ps.opts
         return pb2.JoinReply(run_name=self.ps.cfg.name, config_json=self.ps.config_json(),
                              heartbeat_interval_s=o.heartbeat_interval, chunk_size=self.ps.cfg.chunk_size,
-                             max_update_bytes=self.ps.max_update_bytes,
+                             max_update_bytes=self.ps.ingest.max_update_bytes,
                              max_message_bytes=server_options(self.ps.cfg.chunk_size)[0][1],
                              emulate_network=o.emulate, current_round=self.ps.current_round, time_scale=o.time_scale)
 
     def Leave(self, request, context):
         self._who(context, request.client_id)
-        self.ps.leave(request.client_id)
+        self.ps.members.leave(request.client_id)
         return pb2.LeaveReply()
 
     def Heartbeat(self, request, context):
         self._who(context, request.client_id)
-        known = self.ps.touch(request.client_id)
+        known = self.ps.members.touch(request.client_id)
         return pb2.HeartbeatReply(round=self.ps.current_round, known=known, finished=self.ps.finished)
 
     def GetTask(self, request, context):
         cid = request.client_id
         self._who(context, cid)
-        if not self.ps.touch(cid):
+        if not self.ps.members.touch(cid):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"client {cid} has not joined; call Join first")
         action, info = self.ps.task_for(cid)
         if action == "finished":
@@ -106,7 +106,7 @@ class Servicer(pb2_grpc.ParameterServerServicer):
 
     def HeartbeatMany(self, request, context):
         ids = self._many(context, request.clients)
-        unknown = self.ps.touch_many(ids)
+        unknown = self.ps.members.touch_many(ids)
         return pb2.HeartbeatManyReply(round=self.ps.current_round, finished=self.ps.finished, unknown=unknown)
 
     def GetTasks(self, request, context):
@@ -132,7 +132,7 @@ class Servicer(pb2_grpc.ParameterServerServicer):
         try:
             declared = declared_push_size(context.invocation_metadata())
             if declared is not None:            # room first, then read: a waiting push holds no body
-                reserved = ps.reserve(*declared)
+                reserved = ps.ingest.reserve(*declared)
             first, n = next(request_iterator, (None, 0))
             if first is None:
                 raise WireError("INVALID_ARGUMENT", "empty push: the first message must carry the header")
@@ -144,10 +144,10 @@ class Servicer(pb2_grpc.ParameterServerServicer):
                 raise WireError("INVALID_ARGUMENT", "the first message of a push must carry the PushHeader")
             payload += len(first.header.encoded_header) + len(first.payload)
             ps.up.add_payload(len(first.header.encoded_header) + len(first.payload))
-            ps.touch(first.client_id)
+            ps.members.touch(first.client_id)
             header = first.header
             held, reserved = reserved, 0        # begin_push takes the reservation over
-            ra = ps.begin_push(first.round, first.client_id, header, held)
+            ra = ps.ingest.begin_push(first.round, first.client_id, header, held)
             key = (first.round, first.client_id)
             asked, ra.asked = ra.asked, 0
             received = 0
@@ -172,13 +172,13 @@ class Servicer(pb2_grpc.ParameterServerServicer):
             # A retransmission resends the chunks this server reported missing, lost again or not:
             # counted as the client and the simulator count them (what arrived, if nothing was asked).
             retrans = (asked or received) if header.attempt else 0
-            result, missing, holes = ps.finish_push(key, ra, header, retrans)
+            result, missing, holes = ps.ingest.finish_push(key, ra, header, retrans)
             if result == "incomplete":
                 ra.asked = len(missing)
             key = None
         except WireError as e:
             if key is not None:
-                ps.abort_push(key)
+                ps.ingest.abort_push(key)
             elif e.code != "ALREADY_EXISTS":
                 with ps.lock:
                     ps.rejected += 1
@@ -186,10 +186,10 @@ class Servicer(pb2_grpc.ParameterServerServicer):
             _abort(context, e)
         except Exception:
             if key is not None:
-                ps.abort_push(key)
+                ps.ingest.abort_push(key)
             raise
         finally:
-            ps.budget.release(reserved)         # a reservation not yet taken over by begin_push
+            ps.ingest.budget.release(reserved)         # a reservation not yet taken over by begin_push
         code = {"accepted": pb2.PushReply.ACCEPTED, "incomplete": pb2.PushReply.INCOMPLETE,
                 "late": pb2.PushReply.LATE}[result]
         msg = {"accepted": "update accepted", "late": "round already has its updates; update not used",
@@ -199,7 +199,7 @@ class Servicer(pb2_grpc.ParameterServerServicer):
 
     def Status(self, request, context):
         s = self.ps.status()
-        s.update(self.ps.budget.snapshot())
+        s.update(self.ps.ingest.budget.snapshot())
         return pb2.StatusReply(**s)
 
 

@@ -64,9 +64,9 @@ def test_push_outcomes_add_up_from_real_server_replies(tmp_path):
         assert push(0, rnd) == "accepted"
         assert push(0, rnd) == "already_received"            # the uncounted ALREADY_EXISTS
         assert push(1, rnd, job=99) == "refused"              # INVALID_ARGUMENT: not the task's job
-        h.ps.busy.add((rnd, 1))                               # another push of client 1 in progress
+        h.ps.ingest.busy.add((rnd, 1))                               # another push of client 1 in progress
         assert push(1, rnd) == "retried"                      # ABORTED
-        h.ps.busy.discard((rnd, 1))
+        h.ps.ingest.busy.discard((rnd, 1))
         assert push(1, rnd) == "accepted"
         _task(conn, 0)                                        # round rnd + 1 is open
         assert push(1, rnd) == "late"                         # FAILED_PRECONDITION: round closed

@@ -162,8 +162,8 @@ def test_served_push_limit_defaults_to_the_strategy_bound(tmp_path):
         n = max(max(1, -(-int(s) * frac // 1)) for s in dataset_from_config(cfg).client_sizes())
         body = 4 * int(n) * 10 * cols + 4 * int(n) * 10 + 4 * int(n)      # what the largest client sends
         ps = ParameterServer(cfg, ServeOptions(port=0))
-        assert body < ps.max_update_bytes <= 2 * body + (2 << 20), (ps.max_update_bytes, body)
-        assert ps.max_update_bytes > 4 * 4 * d + (1 << 20) or cols < d     # above the model-delta default
-        assert ParameterServer(cfg, ServeOptions(port=0, max_update_bytes=12345)).max_update_bytes == 12345
+        assert body < ps.ingest.max_update_bytes <= 2 * body + (2 << 20), (ps.ingest.max_update_bytes, body)
+        assert ps.ingest.max_update_bytes > 4 * 4 * d + (1 << 20) or cols < d     # above the model-delta default
+        assert ParameterServer(cfg, ServeOptions(port=0, max_update_bytes=12345)).ingest.max_update_bytes == 12345
     cfg = build(RunConfig, {**kw, "name": "fedavg", "strategy": "fedavg"})
-    assert ParameterServer(cfg, ServeOptions(port=0)).max_update_bytes == 4 * 4 * d + (1 << 20)
+    assert ParameterServer(cfg, ServeOptions(port=0)).ingest.max_update_bytes == 4 * 4 * d + (1 << 20)

@@ -111,7 +111,7 @@ def test_fuzz_beside_an_honest_run(tmp_path, caplog):
                                                            "ALREADY_EXISTS", "ABORTED"}, nested
         st = fz.status()
         assert st.finished and st.reassembly_bytes == 0 and st.reassembly_buffers == 0
-        assert h.ps.budget.used == 0
+        assert h.ps.ingest.budget.used == 0
         tracebacks = [r for r in caplog.records if r.exc_info is not None]   # e.g. grpc's "Exception calling application"
         assert not tracebacks, [r.getMessage() for r in tracebacks[:3]]
     finally:

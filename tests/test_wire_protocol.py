@@ -279,7 +279,7 @@ def test_bad_pushes_are_refused_and_state_stays_correct(tmp_path):
         assert torch.allclose(h.ps.global_vec, torch.full((NUMEL,), 2.0))
         assert h.ps.history == [{"round": 0, "accepted": [0, 1]}]
         assert h.ps.rejected >= 11
-        assert h.ps.budget.used == 0                   # every reservation and buffer was given back
+        assert h.ps.ingest.budget.used == 0                   # every reservation and buffer was given back
         # late push after the run: refused, model unchanged
         assert _code(lambda: _push_raw(conn, 0, rnd, p, hs))[0] == grpc.StatusCode.FAILED_PRECONDITION
         assert torch.allclose(h.ps.global_vec, torch.full((NUMEL,), 2.0))
@@ -317,7 +317,7 @@ def test_byte_accounting_is_exact(tmp_path):
         row = __import__("json").loads((tmp_path / "wire" / "metrics.jsonl").read_text().splitlines()[0])
         assert row["bytes_up"] == up_s["wire_bytes"] and row["payload_up"] == enc.nbytes
         assert row["bytes_down"] == down_s["wire_bytes"]
-        assert h.ps.budget.used == 0                   # the declared-size reservation was taken over
+        assert h.ps.ingest.budget.used == 0                   # the declared-size reservation was taken over
     finally:
         conn.close()
         h.stop()

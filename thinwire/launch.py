@@ -99,7 +99,7 @@ class ServerActor:
     def wait(self, linger: float) -> dict[str, Any]:
         self.handle.thread.join()
         t_end = time.monotonic() + linger
-        while time.monotonic() < t_end and self.ps.alive():
+        while time.monotonic() < t_end and self.ps.members.alive():
             time.sleep(0.1)
         self.handle.stop()
         rows = [json.loads(x) for x in (self.ps.run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from thinwire.coding.jobs import coded_message, job_indices, split_hi_lo
+from thinwire.coding.jobs import coded_message, job_indices, split_hi_lo, unit_tensor_name
 from thinwire.task import Task
 
 from thinwire.client.kinds import ClientContext, KindOutput, register_kind
@@ -23,10 +23,6 @@ def train_tensors(data) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError("coded_gradient: the data set has no shared training set (use a loaded data set, "
                          "e.g. digits, mnist)")
     return ds.x_train, ds.y_train
-
-
-def unit_tensor_name(slot: int) -> str:
-    return f"slot{int(slot)}"
 
 
 @register_kind("coded_gradient")

@@ -1,7 +1,7 @@
 """The `ntk` server strategy: NTK-FL and CP-NTK-FL on the round engine.
 
-Every selected client gets a `jacobian` task (thinwire.client.ntk_kind); results are handed to an
-NTKRound (thinwire.server.ntk_round: shuffler, kernel evolution, tau chosen on the server's
+Every selected client gets a `jacobian` task (thinwire.client.kinds.jacobian); results are handed to an
+NTKRound (thinwire.ntk.round: shuffler, kernel evolution, tau chosen on the server's
 validation split). The round closes when every selected client has delivered (or is gone / the
 deadline passes), since each client's rows enlarge the kernel. Flags: --ntk-loss, --ntk-taus,
 --ntk-eta, --ntk-val-fraction, --ntk-project, --ntk-subsample, --ntk-shuffle, --ntk-max-samples.

@@ -139,8 +139,7 @@ class CodedGradients(Strategy):
         self._round, self._arrived, self._decision = rnd, [], None
 
     def accept(self, result: Result) -> None:
-        from thinwire.client.kinds.coded_gradient import unit_tensor_name
-        from thinwire.coding.jobs import join_hi_lo
+        from thinwire.coding.jobs import join_hi_lo, unit_tensor_name
 
         staged = []
         for u in result.task.params["units"]:

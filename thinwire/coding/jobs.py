@@ -23,6 +23,11 @@ def job_indices(seed: int, job: int, n_train: int, batch: int) -> torch.Tensor:
     return torch.randint(int(n_train), (int(batch),), generator=g)
 
 
+def unit_tensor_name(slot: int) -> str:
+    """Result tensor name of a worker's unit in M-SGC slot `slot` (one coded message per slot)."""
+    return f"slot{int(slot)}"
+
+
 def range_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lo: int, hi: int, total: int,
                    ) -> tuple[torch.Tensor, float]:
     """(flat float64 gradient, value) of sum(loss over samples lo..hi-1) / total."""
