@@ -21,12 +21,12 @@ import torch
 from thinwire import checkpoint
 from thinwire.cli import main
 from thinwire.collective.config import AllreduceConfig
-from thinwire.collective.engine import run_allreduce
+from thinwire.collective.engine import WorkerGroup, run_allreduce
 from thinwire.collective.group import FAILURE_GRACE_S, PEERS_FILE, PeerGroup, PeerLost
 from thinwire.collective.worker import CollectiveWorker
 from thinwire.errors import ConfigError
 from thinwire.gossip.config import DecentralizedConfig
-from thinwire.gossip.engine import run_decentralized
+from thinwire.gossip.engine import GossipPeer, run_decentralized
 
 ROOT = Path(__file__).resolve().parent.parent
 EXE = Path(sys.executable).parent / "thinwire"
@@ -57,24 +57,23 @@ def _gone(pids: list[int], timeout: float = 15.0) -> bool:
 
 
 class Killer(threading.Thread):
-    """kill -9 rank `rank` (its pid from RUN_DIR/peers.json) once the epoch-`after` checkpoint exists."""
+    """kill -9 rank `rank` (its pid from RUN_DIR/peers.json) as soon as the first (epoch-1) checkpoint exists."""
 
-    def __init__(self, run_dir: Path, rank: int, after: int = 1, sig: int = signal.SIGKILL) -> None:
+    def __init__(self, run_dir: Path, rank: int) -> None:
         super().__init__(daemon=True)
-        self.run_dir, self.rank, self.after, self.sig = run_dir, rank, after, sig
+        self.run_dir, self.rank = run_dir, rank
         self.killed_at: float | None = None
         self.pids: list[int] = []
 
     def run(self) -> None:
         end = time.monotonic() + 120
         while time.monotonic() < end:
-            ck = checkpoint.load(self.run_dir) if (self.run_dir / checkpoint.CHECKPOINT).exists() else None
-            if ck is not None and ck["epoch"] >= self.after:
+            if (self.run_dir / checkpoint.CHECKPOINT).exists():
                 self.pids = [p["pid"] for p in json.loads((self.run_dir / PEERS_FILE).read_text())]
-                os.kill(self.pids[self.rank], self.sig)
+                os.kill(self.pids[self.rank], signal.SIGKILL)
                 self.killed_at = time.monotonic()
                 return
-            time.sleep(0.05)
+            time.sleep(0.01)
 
 
 def _rows(run_dir: Path, keys: tuple[str, ...]) -> list[tuple]:
@@ -84,19 +83,19 @@ def _rows(run_dir: Path, keys: tuple[str, ...]) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def ray_session():
-    """One local Ray instance for the in-process runs (each run starts and kills its own actors)."""
+    """One local Ray instance for the in-process runs; 8 logical CPUs so two groups fit side by side."""
     import warnings
 
     import ray
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level=logging.WARNING)
     yield
     ray.shutdown()
 
 
 def _ar_cfg(tmp_path: Path, name: str, **kw) -> AllreduceConfig:
-    base = dict(workers=2, method="defa", model="mlp", hidden=[16], batch_size=32, epochs=4, lr=0.05,
+    base = dict(workers=2, method="defa", model="mlp", hidden=[16], batch_size=32, epochs=3, lr=0.05,
                 lr_decay_at="0.5", out_dir=str(tmp_path), name=name, progress=False, plots=False,
                 peer_timeout=PEER_TIMEOUT, threads=1)
     base.update(kw)
@@ -104,8 +103,8 @@ def _ar_cfg(tmp_path: Path, name: str, **kw) -> AllreduceConfig:
 
 
 def _dec_cfg(tmp_path: Path, name: str, **kw) -> DecentralizedConfig:
-    base = dict(workers=3, algorithm="cdproxsgt", codec="topk:fraction=0.3", l1=1e-3, hidden=[16], batch_size=32,
-                epochs=4, engine="ray", backend="gloo", out_dir=str(tmp_path), name=name, progress=False,
+    base = dict(workers=2, algorithm="cdproxsgt", codec="topk:fraction=0.3", l1=1e-3, hidden=[16], batch_size=64,
+                epochs=3, engine="ray", backend="gloo", out_dir=str(tmp_path), name=name, progress=False,
                 plots=False, peer_timeout=PEER_TIMEOUT, threads=1)
     base.update(kw)
     return DecentralizedConfig(**base).validate()
@@ -125,17 +124,17 @@ def _assert_lost(e: PeerLost, killer: Killer, rank: int, world: int) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_allreduce_lost_worker_then_resume_equals_the_whole_run(ray_session, tmp_path):
-    whole = run_allreduce(_ar_cfg(tmp_path, "whole"))
     cfg = _ar_cfg(tmp_path, "killed")
-    killer = Killer(cfg.run_dir, rank=1, after=1)
-    killer.start()
-    with pytest.raises(PeerLost) as ei:
-        run_allreduce(cfg)
-    _assert_lost(ei.value, killer, 1, 2)
-    saved = checkpoint.load(cfg.run_dir)["epoch"]
-    assert 1 <= saved < cfg.epochs  # killed mid-run, after the first checkpoint
-
-    resumed = run_allreduce(cfg, resume=True)
+    with WorkerGroup(2, "gloo", peer_timeout=PEER_TIMEOUT) as group:  # whole run, then the resumed one
+        whole = group.run(_ar_cfg(tmp_path, "whole"))
+        killer = Killer(cfg.run_dir, rank=1)
+        killer.start()
+        with pytest.raises(PeerLost) as ei:
+            run_allreduce(cfg)  # its own group of workers, one of them killed
+        _assert_lost(ei.value, killer, 1, 2)
+        saved = checkpoint.load(cfg.run_dir)["epoch"]
+        assert 1 <= saved < cfg.epochs  # killed mid-run, after the first checkpoint
+        resumed = group.run(cfg, resume=True)
     a, b = checkpoint.load(tmp_path / "whole"), checkpoint.load(cfg.run_dir)
     assert a["epoch"] == b["epoch"] == cfg.epochs
     assert torch.equal(a["ranks"][0]["x"], b["ranks"][0]["x"])  # the model, bit for bit
@@ -148,16 +147,16 @@ def test_allreduce_lost_worker_then_resume_equals_the_whole_run(ray_session, tmp
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_decentralized_lost_peer_then_resume_equals_the_whole_run(ray_session, tmp_path):
-    whole = run_decentralized(_dec_cfg(tmp_path, "whole"))
     cfg = _dec_cfg(tmp_path, "killed")
-    killer = Killer(cfg.run_dir, rank=2, after=1)
-    killer.start()
-    with pytest.raises(PeerLost) as ei:
-        run_decentralized(cfg)
-    _assert_lost(ei.value, killer, 2, 3)
-    assert 1 <= checkpoint.load(cfg.run_dir)["epoch"] < cfg.epochs
-
-    resumed = run_decentralized(cfg, resume=True)
+    with PeerGroup(GossipPeer, 2, "gloo", peer_timeout=PEER_TIMEOUT) as group:  # whole run, then the resumed one
+        whole = run_decentralized(_dec_cfg(tmp_path, "whole"), group)
+        killer = Killer(cfg.run_dir, rank=1)
+        killer.start()
+        with pytest.raises(PeerLost) as ei:
+            run_decentralized(cfg)  # its own peers, one of them killed
+        _assert_lost(ei.value, killer, 1, 2)
+        assert 1 <= checkpoint.load(cfg.run_dir)["epoch"] < cfg.epochs
+        resumed = run_decentralized(cfg, group, resume=True)
     a, b = checkpoint.load(tmp_path / "whole"), checkpoint.load(cfg.run_dir)
     for pa, pb in zip(a["peers"], b["peers"]):  # x, gradient tracker y and the public copies, every peer
         assert torch.equal(pa["x"], pb["x"]) and torch.equal(pa["y"], pb["y"])
@@ -239,7 +238,7 @@ def test_cli_lost_worker_is_one_line_exit_2_and_no_orphans(tmp_path):
             "--peer-timeout", str(PEER_TIMEOUT)]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-    killer = Killer(run_dir, rank=0, after=1)
+    killer = Killer(run_dir, rank=0)
     killer.start()
     out, err = proc.communicate(timeout=110)
     assert killer.killed_at is not None, err
