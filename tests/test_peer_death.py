@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,10 +18,13 @@ import pytest
 import torch
 
 from thinwire import checkpoint
+from thinwire.bench.peerloss import FaultInjector as Killer
+from thinwire.bench.peerloss import alive as _alive
+from thinwire.bench.peerloss import wait_gone as _gone
 from thinwire.cli import main
 from thinwire.collective.config import AllreduceConfig
 from thinwire.collective.engine import WorkerGroup, run_allreduce
-from thinwire.collective.group import FAILURE_GRACE_S, PEERS_FILE, PeerGroup, PeerLost
+from thinwire.collective.group import FAILURE_GRACE_S, PeerGroup, PeerLost
 from thinwire.collective.worker import CollectiveWorker
 from thinwire.errors import ConfigError
 from thinwire.gossip.config import DecentralizedConfig
@@ -36,44 +38,6 @@ PEER_TIMEOUT = 10.0
 AR_KEYS = ("step", "accuracy", "loss", "bytes", "wire_bytes", "train_loss", "lr")
 DEC_KEYS = ("round", "accuracy", "test_loss", "local_accuracy", "consensus_error", "objective", "train_loss",
             "bytes_total", "time")
-
-
-def _alive(pid: int) -> bool:
-    """A live process (a zombie or a vanished pid is gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def _gone(pids: list[int], timeout: float = 15.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if not any(_alive(p) for p in pids):
-            return True
-        time.sleep(0.2)
-    return False
-
-
-class Killer(threading.Thread):
-    """kill -9 rank `rank` (its pid from RUN_DIR/peers.json) as soon as the first (epoch-1) checkpoint exists."""
-
-    def __init__(self, run_dir: Path, rank: int) -> None:
-        super().__init__(daemon=True)
-        self.run_dir, self.rank = run_dir, rank
-        self.killed_at: float | None = None
-        self.pids: list[int] = []
-
-    def run(self) -> None:
-        end = time.monotonic() + 120
-        while time.monotonic() < end:
-            if (self.run_dir / checkpoint.CHECKPOINT).exists():
-                self.pids = [p["pid"] for p in json.loads((self.run_dir / PEERS_FILE).read_text())]
-                os.kill(self.pids[self.rank], signal.SIGKILL)
-                self.killed_at = time.monotonic()
-                return
-            time.sleep(0.01)
 
 
 def _rows(run_dir: Path, keys: tuple[str, ...]) -> list[tuple]:
@@ -112,8 +76,8 @@ def _dec_cfg(tmp_path: Path, name: str, **kw) -> DecentralizedConfig:
 
 def _assert_lost(e: PeerLost, killer: Killer, rank: int, world: int) -> None:
     msg = str(e)
-    assert killer.killed_at is not None
-    took = time.monotonic() - killer.killed_at
+    assert killer.fired_at is not None
+    took = time.monotonic() - killer.fired_at
     # a dead process is noticed by Ray at once; the bound users get is --peer-timeout
     assert took < PEER_TIMEOUT, took
     assert e.ranks == [rank] and f"rank {rank} of {world} lost" in msg and "process died" in msg, msg
@@ -241,8 +205,8 @@ def test_cli_lost_worker_is_one_line_exit_2_and_no_orphans(tmp_path):
     killer = Killer(run_dir, rank=0)
     killer.start()
     out, err = proc.communicate(timeout=110)
-    assert killer.killed_at is not None, err
-    took = time.monotonic() - killer.killed_at
+    assert killer.fired_at is not None, err
+    took = time.monotonic() - killer.fired_at
     assert proc.returncode == 2, (out, err)
     assert took < PEER_TIMEOUT + 10, took  # the bound plus Ray's shutdown
     lines = err.strip().splitlines()

@@ -43,11 +43,15 @@ def read(run_dir: str | Path, engine: str, settings: dict[str, Any], may_change:
         log.warning("--resume: no checkpoint in %s yet (the first is written after epoch 1); starting at step 0",
                     run_dir)
         return None
-    other = ckpt.get("engine", "a simulate/server run") if isinstance(ckpt, dict) else type(ckpt).__name__
     if not isinstance(ckpt, dict) or ckpt.get("engine") != engine or ckpt.get("format") != FORMAT:
+        if not isinstance(ckpt, dict):
+            other = f"a {type(ckpt).__name__}"
+        elif "engine" in ckpt:
+            other = f"a thinwire {ckpt['engine']} checkpoint, format {ckpt.get('format')!r}"
+        else:
+            other = "a simulate/server checkpoint"
         raise ConfigError("resume", f"{Path(run_dir) / checkpoint.CHECKPOINT} is not a thinwire {engine} checkpoint "
-                          f"(it holds {other}, format {ckpt.get('format') if isinstance(ckpt, dict) else '?'})",
-                          f"the run directory of a thinwire {engine} run (format {FORMAT})")
+                          f"of format {FORMAT} (it holds {other})", f"the run directory of a thinwire {engine} run")
     check_resume_settings(ckpt.get("config"), settings, may_change)
     return ckpt
 
