@@ -163,6 +163,9 @@ def test_decentralized_resume_continues_bit_for_bit_and_may_add_epochs(tmp_path)
     part = _dec_cfg(tmp_path, "part", **{**kw, "epochs": 2})
     run_decentralized(part)
     assert checkpoint.load(part.run_dir)["epoch"] == 2
+    with pytest.raises(ConfigError) as ei:  # --epochs may grow on resume, not shrink below the checkpoint
+        run_decentralized(_dec_cfg(tmp_path, "part", **{**kw, "epochs": 1}), resume=True)
+    assert ei.value.field == "epochs"
     run_decentralized(_dec_cfg(tmp_path, "part", **kw), resume=True)
     a, b = checkpoint.load(tmp_path / "whole"), checkpoint.load(part.run_dir)
     assert all(torch.equal(pa["x"], pb["x"]) and torch.equal(pa["y"], pb["y"]) for pa, pb in zip(a["peers"], b["peers"]))

@@ -126,14 +126,14 @@ class WorkerGroup(PeerGroup):
                         chunk_stats = []
                         record(merged)
                     if cum["steps"] % spe == 0:
-                        saved_epoch = cum["steps"] // spe
                         ranks = self.call("state_dict")
                         for r in ranks[1:]:  # x and the averaged buffers are identical on every rank
                             r["x"] = r["buffers"] = None
-                        resume_mod.save(run_dir, "allreduce", settings, epoch=saved_epoch, step=cum["steps"],
+                        resume_mod.save(run_dir, "allreduce", settings, epoch=cum["steps"] // spe, step=cum["steps"],
                                         body={"ranks": ranks, "history": history, "cum": dict(cum),
                                               "chunk_stats": chunk_stats,
                                               "elapsed": time.perf_counter() - t_start})
+                        saved_epoch = cum["steps"] // spe
             except PeerLost as e:
                 raise e.with_progress(resume_mod.stopped_at(cum["steps"], spe, cfg.epochs, saved_epoch,
                                                             run_dir)) from None

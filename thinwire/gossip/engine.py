@@ -310,6 +310,9 @@ def run_decentralized(cfg: DecentralizedConfig, group: PeerGroup | None = None, 
         clock.time, clock.compute_s = [float(t) for t in ckpt["clock"]["time"]], float(ckpt["clock"]["compute_s"])
         saved_epoch = int(ckpt["epoch"])
         first_epoch = saved_epoch + 1
+        if saved_epoch > cfg.epochs:
+            raise ConfigError("epochs", f"{cfg.epochs} is below the checkpoint's epoch {saved_epoch}",
+                              f">= {saved_epoch} (a resumed run may only run longer)")
     write_resolved_config(run_dir, cfg)
     writer = MetricsWriter(run_dir, resume_after=saved_epoch)
     t_start = time.perf_counter() - (float(ckpt["elapsed"]) if ckpt is not None else 0.0)
