@@ -14,7 +14,9 @@ then are declared lost. The same `peer_timeout` is the process group's timeout, 
 blocked in a collective with a lost partner give up by themselves too. On a loss every actor is
 killed at once (no graceful shutdown: survivors may be stuck in a collective) and `PeerLost`
 (a one-line user error naming the ranks) is raised; the engines add the last completed
-step and the checkpoint to resume from.
+step and the checkpoint to resume from. The bound: a dead peer ends the call within about a
+second; a silent one within peer_timeout + FAILURE_GRACE_S (its partners' collective times out
+after peer_timeout, then the grace), 35 s at the default.
 
 An engine subclasses `Peer` with its own methods and hands the class to `PeerGroup`.
 """
