@@ -25,9 +25,8 @@ import torch
 from thinwire import checkpoint
 from thinwire.config import RunConfig, to_dict, write_resolved_config
 from thinwire.faults.crash import crash_point
-from thinwire.errors import ConfigError
 from thinwire.metrics import MetricsWriter
-from thinwire.rundir import make_dir
+from thinwire.rundir import check_resume_settings, make_dir
 from thinwire.task import Task, decode_result
 
 from thinwire.server.driver import RoundPolicy
@@ -297,15 +296,7 @@ class RoundEngine:
 # -- run files ------------------------------------------------------------------------------------
 def check_resume_config(stored: dict[str, Any] | None, current: dict[str, Any]) -> None:
     """Refuse to resume a run directory under different settings; names the fields that differ."""
-    if stored is None:
-        return
-    diff = sorted(k for k in set(stored) | set(current)
-                  if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
-    if diff:
-        detail = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in diff[:6])
-        raise ConfigError("resume", f"the run directory was made with other settings ({detail}{', ...' if len(diff) > 6 else ''})",
-                          "the same settings (only " + ", ".join(sorted(RESUMABLE_CHANGES)) + " may change), "
-                          "or a new --name / out-dir")
+    check_resume_settings(stored, current, RESUMABLE_CHANGES)
 
 
 def summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
