@@ -68,7 +68,7 @@ def attack(ctx: ClientContext, task: Task) -> KindOutput:
     if mode == "label_flip":
         classes = int(getattr(ctx.data, "num_classes", 0) or int(ctx.y.max()) + 1)
         ctx = dataclasses.replace(ctx, y=(classes - 1) - ctx.y)
-    out = train(ctx, task)
+    out = train(ctx, dataclasses.replace(task, kind="train"))     # the honest run it would have made
     delta = out.tensors[DEFAULT_TENSOR]
     out.tensors[DEFAULT_TENSOR] = corrupt(delta, mode, scale, derive_seed(task.seed, "attack-noise", task.round,
                                                                          task.client_id))
