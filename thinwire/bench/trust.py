@@ -26,13 +26,17 @@ from thinwire.config import RunConfig, load
 GOAL_POINTS = 0.02
 TAIL = 5
 NORM_C = 0.5            # about 2x the honest median update norm on the demo (0.12-0.37 over its rounds)
+# trimmed mean cuts floor(beta x 10) of the 10 updates a demo round aggregates at each end: beta = 0.3
+# cuts 3, the most attackers a round of seed 0 sees (13 of 100 selected with 10 attackers: a round
+# holds >= 3 of them with probability ~0.14); beta = 0.2 (cuts 2) is kept as the failure it is.
 
 ROBUST_ARMS: list[tuple[str, dict[str, Any]]] = [
     ("clean fedavgm", {}),
-    ("clean trimmed-mean", {"strategy": "trimmed-mean", "trim_beta": 0.2}),
+    ("clean trimmed-mean", {"strategy": "trimmed-mean", "trim_beta": 0.3}),
     ("clean norm-bound clip", {"norm_bound": NORM_C}),
     ("attack fedavgm", {"attack": "scale"}),
-    ("attack trimmed-mean", {"attack": "scale", "strategy": "trimmed-mean", "trim_beta": 0.2}),
+    ("attack trimmed-mean", {"attack": "scale", "strategy": "trimmed-mean", "trim_beta": 0.3}),
+    ("attack trimmed-mean beta=0.2", {"attack": "scale", "strategy": "trimmed-mean", "trim_beta": 0.2}),
     ("attack median", {"attack": "scale", "strategy": "median"}),
     ("attack multi-krum", {"attack": "scale", "strategy": "krum", "krum_f": 2, "krum_m": 5}),
     ("attack norm-bound clip", {"attack": "scale", "norm_bound": NORM_C}),
@@ -51,6 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dp-delta", type=float, default=1e-5, help="dp part: delta (default: 1e-5)")
     p.add_argument("--workers", type=int, default=0, help="Ray workers (0 = one per core)")
     p.add_argument("--out-dir", default="runs/bench-trust", help="run directories of every arm")
+    p.add_argument("--arms", default="", help="robust part: only the arms whose label contains one of these "
+                   "comma-separated words (default: all)")
     p.add_argument("--json", default="", metavar="FILE", help="write all results here")
 
 
@@ -117,10 +123,14 @@ def run(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"loadavg_start": os.getloadavg()}
     if args.part in ("robust", "all"):
         base = {**ATTACK, **({"rounds": args.rounds} if args.rounds else {})}
-        res = {s: _run_arms(ROBUST_ARMS, base, args.config, s, args) for s in seeds}
+        words = [w.strip() for w in args.arms.split(",") if w.strip()]
+        arms = [a for a in ROBUST_ARMS if a[0] == "clean fedavgm" or not words or any(w in a[0] for w in words)]
+        res = {s: _run_arms(arms, base, args.config, s, args) for s in seeds}
         report["robust"] = res
         print(_table(res, "clean fedavgm"))
         for arm in ("attack trimmed-mean", "attack norm-bound clip"):
+            if arm not in res[seeds[0]]:
+                continue
             gap = statistics.fmean(res[s][arm]["tail_acc"] - res[s]["clean fedavgm"]["tail_acc"] for s in seeds)
             print(f"goal: {arm} within {100 * GOAL_POINTS:.0f} points of clean fedavgm: "
                   f"{'met' if gap >= -GOAL_POINTS else 'MISSED'} ({100 * gap:+.1f})")
