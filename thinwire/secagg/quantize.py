@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from thinwire.compression.base import Context, derive_seed
+from thinwire.compression import bitpack
+from thinwire.compression.base import Codec, Context, Encoded, derive_seed, new_encoded
 from thinwire.compression.hadamard import irht_, next_pow2, rht
 from thinwire.compression.randblock import block_slices, gather, scatter
 
@@ -85,3 +86,35 @@ class IntegerCodec:
 def modulus_bits(bits: int, clients: int) -> int:
     """k with clients x (2^(bits-1) - 1) < 2^(k-1): the sum never wraps."""
     return bits + max(1, math.ceil(math.log2(max(clients, 2)))) + 1
+
+
+class SecAggIntCodec(Codec):
+    """One client's side of `IntegerCodec` as an ordinary codec, to measure its accuracy in any run:
+    `--codec thinwire.secagg.quantize:SecAggIntCodec:bits=4,ratio=4.35,clip=0.02`. Decoding one
+    client's integers is the same linear map as decoding the masked sum, so a run with this codec
+    trains on exactly what a secure-aggregation round would hand the server (the sum of these).
+    The wire carries b bits per kept coordinate here; inside masks it is k = modulus_bits(b, n)."""
+
+    name = "secagg-int"
+
+    def __init__(self, bits: int = 4, ratio: float = 1.0, clip: float = 0.1) -> None:
+        super().__init__(bits=int(bits), ratio=float(ratio), clip=float(clip))
+        if not 2 <= int(bits) <= 8:
+            raise ValueError(f"bits: {bits}; allowed: 2..8")
+        IntegerCodec(bits=int(bits), ratio=float(ratio), clip=float(clip))
+
+    def _codec(self, ctx: Context) -> IntegerCodec:
+        return IntegerCodec(bits=self.params["bits"], ratio=self.params["ratio"], clip=self.params["clip"],
+                            seed=ctx.seed, round=ctx.round)
+
+    def _encode(self, x: torch.Tensor, ctx: Context) -> Encoded:
+        c = self._codec(ctx)
+        q = c.encode(x, client_seed=ctx.derive_seed("secagg-dither"), segments=ctx.segments)
+        return new_encoded(codes=bitpack.pack(torch.from_numpy(q + c.levels), c.bits).numpy().tobytes())
+
+    def _decode(self, enc: Encoded, ctx: Context, device: torch.device) -> torch.Tensor:
+        c = self._codec(ctx)
+        kept = c.kept(enc.numel, ctx.segments)
+        data = torch.frombuffer(bytearray(enc.sections["codes"]), dtype=torch.uint8)
+        q = bitpack.unpack(data, c.bits, kept).to(torch.int64).numpy() - c.levels
+        return c.decode_sum(q, enc.numel, ctx.segments).to(device)
