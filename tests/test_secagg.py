@@ -164,3 +164,20 @@ def test_integer_codec_sum_decodes_once_and_is_unbiased():
             for r in range(40)]
     mean_err = float(((torch.stack(runs).mean(0) - truth)[mask] ** 2).mean())
     assert mean_err < err / 10
+
+
+def test_piecewise_rotation_is_orthogonal_without_padding():
+    import torch
+    from thinwire.secagg.quantize import modulus_bits, pieces, rotate_pieces, unrotate_pieces
+
+    assert pieces(8906) == [8192, 512, 128, 64, 8, 2] and sum(pieces(8906)) == 8906
+    x = torch.randn(8906, generator=torch.Generator().manual_seed(0))
+    y = rotate_pieces(x, 5)
+    assert y.numel() == 8906
+    assert float(y.norm()) == pytest.approx(float(x.norm()), rel=1e-5)
+    assert torch.allclose(unrotate_pieces(y, 5), x, atol=1e-5)
+    # k bits hold every sum of n values in [-L, L]: 2 n L + 1 <= 2^k, and k - 1 bits would not
+    for b, n in [(4, 100), (2, 100), (8, 10), (4, 1)]:
+        L = (1 << (b - 1)) - 1
+        k = modulus_bits(b, n)
+        assert 2 * n * L + 1 <= 1 << k and (k == 2 or 2 * n * L + 1 > 1 << (k - 1))

@@ -48,8 +48,8 @@ ATTACK = {"attack_fraction": 0.1, "attack_scale": 1000.0}
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--part", choices=("robust", "dp", "secagg", "all"), default="all",
                    help="which comparison (default: all)")
-    p.add_argument("--secagg-codec", default="bits=4,ratio=4.35,clip=0.008",
-                   help="secagg part: IntegerCodec settings (default: bits=4,ratio=4.35,clip=0.008)")
+    p.add_argument("--secagg-codec", default="bits=4,ratio=1,clip=0.008",
+                   help="secagg part: IntegerCodec settings (default: bits=4,ratio=1,clip=0.008)")
     p.add_argument("--secagg-degree", default="0,16", help="secagg part: neighbour degrees, 0 = complete graph")
     p.add_argument("--config", default="configs/demo.toml", help="robust part: the base config (default: the demo)")
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds, one run per arm each (default: 0,1)")
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 # -- secure aggregation: bytes of one round, exactness under dropout -------------------------------------
-def secagg_part(args) -> list[dict[str, Any]]:
+def secagg_part(args) -> dict[str, Any]:
     """100 clients with model-sized updates (the demo MLP), 10 % dropping out after masking: dense
     fixed-point fp32 SecAgg (32-bit integers, every coordinate) vs the additive integer codec inside
     the same protocol. Checks the unmasked sum against the plain integer sum; counts uplink bytes
@@ -207,11 +207,19 @@ def secagg_part(args) -> list[dict[str, Any]]:
             print(f"  degree {rec['degree']} {label}: exact={exact} uplink/client {total_up:,.0f} B", flush=True)
     print(format_table(["degree", "arm", "masked input", "payload B/client", "protocol B/client", "total B/client",
                         "sum exact", "wall s"], rows))
-    for degree in {r["degree"] for r in out}:
+    for degree in sorted({r["degree"] for r in out}):
         d, o = [r for r in out if r["degree"] == degree]
         print(f"degree {degree}: payload {d['bytes_per_client']['masked_input'] / o['bytes_per_client']['masked_input']:.1f}x "
               f"smaller, total uplink {d['uplink_per_client'] / o['uplink_per_client']:.1f}x smaller than dense fp32 SecAgg")
-    return out
+    # accuracy: the demo trained on what the server would decode (dense fp32 vs the additive codec)
+    seeds = [int(x) for x in str(args.seeds).split(",") if x.strip()]
+    spec = f"thinwire.secagg.quantize:SecAggIntCodec:{args.secagg_codec}"
+    arms = [("dense fp32 (identity codec)", {"codec": "identity"}),
+            (f"additive codec {args.secagg_codec}", {"codec": spec, "feedback": "none" if codec.ratio == 1 else "ef"})]
+    base = {"rounds": args.rounds} if args.rounds else {}
+    acc = {s: _run_arms(arms, base, args.config, s, args) for s in seeds}
+    print(_table(acc, arms[0][0]))
+    return {"rounds": out, "accuracy": acc}
 
 
 def _demo_numel(config: str) -> int:
