@@ -21,7 +21,8 @@ BENCHES: dict[str, tuple[str, str]] = {
     "gpu": ("thinwire.bench.gpu", "EDEN encode+decode on CUDA, DDP + hook over NCCL, memory bandwidth"),
     "sgc": ("thinwire.bench.sgc", "uncoded / GC / SR-SGC / M-SGC runtime under bursty stragglers"),
     "soak": ("thinwire.bench.soak", "long served run: server RSS slope per round, CPU per round, p99 push latency"),
-    "trust": ("thinwire.bench.trust", "robust rules under 10% scaled-update attackers; DP-FedAvg accuracy at its epsilon"),
+    "trust": ("thinwire.bench.trust", "robust rules vs scaled-update attackers, DP-FedAvg accuracy at its epsilon, "
+              "secure-aggregation bytes and exactness"),
 }
 
 
