@@ -316,6 +316,9 @@ def summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
         "hole_chunks": sum(m["hole_chunks"] for m in metrics),
         "retransmitted_chunks": sum(m["retransmitted_chunks"] for m in metrics),
         "rejected_pushes": sum(m["rejected_pushes"] for m in metrics),
+        # trust in aggregation (issue 23): the privacy spent so far, updates the norm bound refused
+        **({"dp_epsilon": last["dp_epsilon"], "dp_delta": last["dp_delta"]} if "dp_epsilon" in last else {}),
+        **({"norm_rejected": sum(m.get("norm_rejected", 0) for m in metrics)} if "norm_rejected" in last else {}),
     }
 
 

@@ -63,6 +63,10 @@ class Strategy:
     def configure_client(self, rnd: int, client_id: int) -> Task:
         """The task of one selected client (default: local training, send the delta)."""
         from thinwire.client.kinds import train_params  # the train kind's field names live with the kind
+        from thinwire.client.kinds.attack import attack_params   # --attack: simulated malicious clients
+        evil = attack_params(self.cfg, client_id)
+        if evil:
+            return Task.for_config(self.cfg, rnd, client_id, "attack", **train_params(self.cfg, rnd), **evil)
         return Task.for_config(self.cfg, rnd, client_id, "train", **train_params(self.cfg, rnd))
 
     def broadcast(self, rnd: int, global_vec: torch.Tensor) -> torch.Tensor:

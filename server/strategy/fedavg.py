@@ -8,6 +8,7 @@ import torch
 
 from thinwire.server.exact_sum import ExactSum
 from thinwire.server.strategy.base import Result, Strategy
+from thinwire.server.strategy.norm_bound import NormBound
 from thinwire.task import DEFAULT_TENSOR
 
 
@@ -32,6 +33,7 @@ class FedAvg(Strategy):
         self._sum: ExactSum | None = None
         self._open = False
         self._metric_sums: dict[str, float] = {}
+        self.norm_bound = NormBound.from_config(cfg)     # --norm-bound C: clip or refuse, per update
 
     def begin_round(self, rnd: int, global_vec: torch.Tensor) -> None:
         self._global = global_vec
@@ -40,13 +42,18 @@ class FedAvg(Strategy):
         self._sum.reset()
         self._open = True
         self._metric_sums = {}
+        if self.norm_bound is not None:
+            self.norm_bound.reset()
 
     def accept(self, result: Result) -> None:
         update = result.tensors.get(DEFAULT_TENSOR)
         if update is None:
             raise ValueError(f"result: FedAvg needs a {DEFAULT_TENSOR!r} tensor; got {sorted(result.tensors)}")
         metrics = {k: v for k, v in result.scalars.items() if k == "train_loss"}
-        self.fold(update.reshape(-1), result.num_samples, metrics)
+        update = update.reshape(-1)
+        if self.norm_bound is not None and update.shape == (self._sum.numel,):
+            update = self.norm_bound.apply(update)
+        self.fold(update, result.num_samples, metrics)
 
     def fold(self, update: torch.Tensor, num_samples: int, metrics: dict[str, float] | None = None) -> None:
         """Add one delta weighted by its sample count (refusing, unchanged, what it cannot add)."""
@@ -62,19 +69,24 @@ class FedAvg(Strategy):
     def finalize(self) -> tuple[torch.Tensor, dict[str, float]]:
         assert self._open and self._global is not None, "finalize() before begin_round()"
         self._open = False
+        bound = self.norm_bound.metrics() if self.norm_bound is not None else {}
         if self._sum.weight <= 0:
-            return self._global.clone(), {"aggregated": 0}
-        step = self._sum.mean().to(self._global.dtype)
+            return self._global.clone(), {"aggregated": 0, **bound}
+        new = self.apply_step(self._sum.mean().to(self._global.dtype))
+        metrics = {k: v / self._sum.weight for k, v in self._metric_sums.items()}
+        metrics["aggregated"] = self._sum.count
+        metrics.update(bound)
+        return new, metrics
+
+    def apply_step(self, step: torch.Tensor) -> torch.Tensor:
+        """global + server_lr x step (through the server momentum when it is on)."""
         if self.server_momentum > 0:
             if self.velocity is None:
                 self.velocity = step
             else:
                 self.velocity.mul_(self.server_momentum).add_(step)
             step = self.velocity
-        new = torch.add(self._global, step, alpha=self.server_lr)
-        metrics = {k: v / self._sum.weight for k, v in self._metric_sums.items()}
-        metrics["aggregated"] = self._sum.count
-        return new, metrics
+        return torch.add(self._global, step, alpha=self.server_lr)
 
     def state_dict(self) -> dict[str, Any]:
         return {"velocity": self.velocity}

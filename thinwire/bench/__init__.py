@@ -23,6 +23,8 @@ BENCHES: dict[str, tuple[str, str]] = {
     "peerloss": ("thinwire.bench.peerloss", "allreduce / decentralized: seconds from a killed or stopped peer to "
                  "the run's one-line exit"),
     "soak": ("thinwire.bench.soak", "long served run: server RSS slope per round, CPU per round, p99 push latency"),
+    "trust": ("thinwire.bench.trust", "robust rules vs scaled-update attackers, DP-FedAvg accuracy at its epsilon, "
+              "secure-aggregation bytes and exactness"),
 }
 
 
