@@ -71,7 +71,9 @@ class FedAvg(Strategy):
             else:
                 self.velocity.mul_(self.server_momentum).add_(step)
             step = self.velocity
-        new = torch.add(self._global, step, alpha=self.server_lr)
+            new = torch.add(self._global, step, alpha=self.server_lr)
+        else:                                   # in place: no fifth model-sized buffer at 11M (issue 21)
+            new = step.mul_(self.server_lr).add_(self._global) if self.server_lr != 1.0 else step.add_(self._global)
         metrics = {k: v / self._sum.weight for k, v in self._metric_sums.items()}
         metrics["aggregated"] = self._sum.count
         return new, metrics
