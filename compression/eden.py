@@ -28,7 +28,7 @@ import torch
 from . import bitpack
 from .base import Codec, Context, Encoded, derive_seed, new_encoded, register
 from .eden_tables import HALF_CENTROIDS
-from .hadamard import apply_signs_, fwht_, is_pow2, next_pow2
+from .hadamard import apply_signs_, fwht_, is_pow2, next_pow2, sign_masks, signed_copy
 
 DEFAULT_MAX_CHUNK = 1 << 24
 
@@ -172,13 +172,11 @@ class Eden(Codec):
         scales: list[float] = []
         pos = 0
         for c, (n, D) in enumerate(zip(lay.sizes, lay.padded)):
-            if n == D:
-                y = x[pos:pos + n].to(torch.float32, copy=True)
-            else:
-                y = torch.zeros(D, dtype=torch.float32, device=dev)
-                y[:n] = x[pos:pos + n]
+            y = torch.empty(D, dtype=torch.float32, device=dev) if n == D else \
+                torch.zeros(D, dtype=torch.float32, device=dev)
+            signed_copy(x[pos:pos + n].to(torch.float32).contiguous(), derive_seed(seed, "rot", c), y)
             pos += n
-            fwht_(apply_signs_(y, derive_seed(seed, "rot", c)))
+            fwht_(y)
             scale, codes = _quantize(y, lay, c, p["unbiased"])
             scales.append(scale)
             for w in lay.widths:
@@ -190,6 +188,9 @@ class Eden(Codec):
 
     # decode ------------------------------------------------------------------------------
     def _decode(self, enc: Encoded, ctx: Context, device: torch.device) -> torch.Tensor:
+        fast = _decode_whole(enc, device)
+        if fast is not None:
+            return fast
         lay, rotated = rotated_estimate(enc, device)
         seed = int(enc.meta["seed"])
         return _unrotate(rotated, lay, seed, enc.numel)
@@ -211,37 +212,85 @@ def _sum64(t: torch.Tensor) -> float:
     return total
 
 
+_DOT_BLOCK = 1 << 16
+
+
+def _dot64(a: torch.Tensor, b: torch.Tensor) -> float:
+    """<a, b> summed in float64 across 65,536-element blocks (one BLAS dot each, no temporary)."""
+    return sum(float(torch.dot(u, v)) for u, v in zip(a.split(_DOT_BLOCK), b.split(_DOT_BLOCK)))
+
+
+_GRID_CELLS = 1 << 14          # cells of the uniform grid over the normalized thresholds' range
+_AMBIGUOUS = 255
+_TOP_BITS = 0x8080808080808080 - (1 << 64)     # the top bit of every byte of an int64
+
+
+@functools.lru_cache(maxsize=16)
+def _grid(bits: int, device: str) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+    """A uniform grid over z = y / rms: origin, cell width, and per cell the uint8 code and its
+    float32 centroid; code 255 where a threshold is within two cells (decided there by comparing
+    exactly: float rounding of the cell index is far below one cell)."""
+    half = torch.tensor(HALF_CENTROIDS[bits], dtype=torch.float64)
+    c = torch.cat([-half.flip(0), half])
+    b = (c[1:] + c[:-1]) / 2                                   # the boundaries, float64
+    lo, hi = float(b[0]) - 0.5, float(b[-1]) + 0.5
+    w = (hi - lo) / _GRID_CELLS
+    k = torch.arange(_GRID_CELLS, dtype=torch.float64)
+    left, right = lo + (k - 2) * w, lo + (k + 3) * w          # cell k widened by two cells each side
+    left[:3], right[-3:] = -math.inf, math.inf                 # the clamped end cells take all beyond
+    c_left = torch.searchsorted(b, left, right=False)          # #thresholds < left
+    c_right = torch.searchsorted(b, right, right=False)        # #thresholds < right
+    code = torch.where(c_left == c_right, c_left, torch.tensor(_AMBIGUOUS)).to(torch.uint8)
+    value = centroids(bits, "cpu")[c_left.clamp(max=len(c) - 1)]
+    return lo, w, code.to(device), value.to(device)
+
+
+def _bin_codes(part: torch.Tensor, thr: torch.Tensor, bits: int, rms: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 codes equal to torch.bucketize(part, thr) (#thresholds < value) and their centroids
+    q (float32), without a binary search per element: table lookups on a fine uniform grid decide
+    all but the ~1% of values within two cells of a threshold, which are compared exactly."""
+    table = centroids(bits, str(part.device))
+    if bits == 1:
+        codes = (part > thr[0]).view(torch.uint8)
+        return codes, table.index_select(0, codes.to(torch.int32))
+    lo, w, code_lut, value_lut = _grid(bits, str(part.device))
+    u = torch.mul(part, 1.0 / (w * rms))
+    u.sub_(lo / w).clamp_(0, _GRID_CELLS - 1)
+    k = u.to(torch.int32)
+    del u
+    codes = code_lut.index_select(0, k)
+    q = value_lut.index_select(0, k)
+    del k
+    n = codes.numel()
+    if n % 8 == 0:              # find flagged bytes 8 at a time: words with any top bit set
+        words = (codes.view(torch.int64) & _TOP_BITS).nonzero().view(-1)
+        cand = (words.unsqueeze(1) * 8 + torch.arange(8, device=codes.device)).view(-1)
+        amb = cand[codes.index_select(0, cand) == _AMBIGUOUS]
+    else:
+        amb = (codes == _AMBIGUOUS).nonzero().view(-1)
+    if amb.numel():
+        fix = torch.bucketize(part.index_select(0, amb), thr, out_int32=True)
+        codes.index_copy_(0, amb, fix.to(torch.uint8))
+        q.index_copy_(0, amb, table.index_select(0, fix))
+    return codes, q
+
+
 def _quantize_part(part: torch.Tensor, bits: int, rms: float, need_qq: bool) -> tuple[torch.Tensor, float, float]:
     """Codes of one vector part, <q, part> and ||q||^2 (float64; only if need_qq), q = unscaled centroids.
 
-    Up to 3 bits the bins come from threshold comparisons and the sums from per-threshold tail
-    sums (Abel summation: <q, y> = c_0 sum(y) + sum_t (c_{t+1} - c_t) sum(y[y > t_t])), which is
-    several times faster than bucketize + a gathered centroid vector; above that, bucketize.
+    Codes and q by grid lookup (`_bin_codes`, codes equal to bucketize against the rms-scaled
+    Lloyd-Max boundaries); the sums by blockwise dot products.
     """
-    dev = str(part.device)
-    thr = boundaries(bits, dev) * rms
-    c = centroids(bits, "cpu").double().tolist()
-    if bits <= 3:
-        codes = torch.zeros(part.numel(), dtype=torch.uint8, device=part.device)
-        qy = c[0] * _sum64(part)
-        qq = c[0] ** 2 * part.numel()
-        for t in range(len(c) - 1):
-            above = part > thr[t]
-            codes += above
-            qy += (c[t + 1] - c[t]) * _sum64(torch.where(above, part, 0.0))
-            if need_qq:
-                qq += (c[t + 1] ** 2 - c[t] ** 2) * int(above.sum())
-        return codes, qy, qq
-    idx = torch.bucketize(part, thr)
-    q = centroids(bits, dev).take(idx)
-    return idx.to(torch.uint8), _sum64(q * part), (_sum64(q * q) if need_qq else 0.0)
+    thr = boundaries(bits, str(part.device)) * rms
+    codes, q = _bin_codes(part, thr, bits, rms)
+    return codes, _dot64(q, part), (_dot64(q, q) if need_qq else 0.0)
 
 
 def _quantize(y: torch.Tensor, lay: _Layout, c: int, unbiased: bool) -> tuple[float, dict[int, torch.Tensor]]:
     """Codes per width for one rotated chunk, and its scale (0 for a zero chunk)."""
     masks = lay.masks[c]
     sub = y[masks[1]] if lay.bits < 1 else y  # b < 1: only kept coordinates are quantized
-    sq = _sum64(sub * sub)
+    sq = _dot64(sub, sub)
     codes: dict[int, torch.Tensor] = {}
     if sq == 0.0 or sub.numel() == 0:
         for w in lay.widths:
@@ -299,6 +348,45 @@ def rotated_estimate(enc: Encoded, device: torch.device | str = "cpu") -> tuple[
             factor *= lay.sent(c) / received[c] / lay.keep_p
         out[c].mul_(factor)
     return lay, out
+
+
+def _decode_whole(enc: Encoded, device: torch.device) -> torch.Tensor | None:
+    """Decode of the common case (integer bits, nothing lost) without intermediate copies: the
+    scale rides in the centroid table of the fused unpack + lookup, each chunk is transformed in
+    place in the unpacked vector. The same float32 values as `rotated_estimate` + `_unrotate`.
+    None when the payload needs the general path (fractional bits, b < 1, holes)."""
+    if enc.codec != Eden.name:
+        raise ValueError(f"codec: payload was encoded with {enc.codec!r}, not 'eden'")
+    p = enc.params
+    bits = check_bits(p["bits"])
+    if bits != int(bits) or enc.holes:
+        return None
+    w = int(bits)
+    name = _stream_name(w)
+    if set(enc.sections) != {name}:
+        return None
+    sizes = chunk_sizes(enc.numel, p.get("max_overhead", 0.1), p.get("max_chunk", DEFAULT_MAX_CHUNK))
+    padded = [next_pow2(n) for n in sizes]
+    scales, seed = enc.meta["scales"], int(enc.meta["seed"])
+    if len(scales) != len(sizes):
+        raise ValueError(f"payload: {len(scales)} scales for {len(sizes)} chunks")
+    body = enc.sections[name]
+    raw = torch.frombuffer(bytearray(body), dtype=torch.uint8).to(device) if body else \
+        torch.zeros(0, dtype=torch.uint8, device=device)
+    table = centroids(w, str(device))
+    single = len(sizes) == 1
+    vals = bitpack.unpack_lookup(raw, w, sum(padded), table * float(scales[0]) if single else table)
+    if not vals.is_contiguous():
+        vals = vals.contiguous()
+    parts, pos = [], 0
+    for c, (n, D) in enumerate(zip(sizes, padded)):
+        seg = vals[pos:pos + D]
+        if not single:
+            seg.mul_(float(scales[c]))
+        apply_signs_(fwht_(seg), derive_seed(seed, "rot", c))
+        parts.append(seg[:n])
+        pos += D
+    return parts[0] if single else torch.cat(parts)
 
 
 def _unrotate(rotated: list[torch.Tensor], lay: _Layout, seed: int, numel: int) -> torch.Tensor:
