@@ -35,6 +35,9 @@ def test_bench_small_run_writes_consistent_json_and_plots(tmp_path, capsys):
     for r in res["codecs"]:
         assert r["send_s"]["10Mbit"] == pytest.approx(8 * r["nbytes"] / 1e7)
     assert res["speed_check"]["ratio"] > 0
+    # encode + decode contain two FWHTs of the padded vector: at least one FWHT's time, whatever the noise
+    sc = res["speed_check"]["bits"]
+    assert sorted(sc) == ["1", "2", "3", "4"] and all(r["ratio"] >= 1 for r in sc.values())
     assert all((tmp_path / "plots" / f).stat().st_size > 1000
                for f in ("bench-compression-nmse.png", "bench-compression-send-time.png"))
 
