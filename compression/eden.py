@@ -19,7 +19,7 @@ the rotated domain and inverse-rotates once.
 """
 from __future__ import annotations
 
-import functools
+import dataclasses
 import math
 from typing import Sequence
 
@@ -27,28 +27,21 @@ import torch
 
 from . import bitpack
 from .base import Codec, Context, Encoded, derive_seed, new_encoded, register
+from .eden_quant import bin_codes, boundaries, centroids, dot64
 from .eden_tables import HALF_CENTROIDS
-from .hadamard import apply_signs_, fwht_, is_pow2, next_pow2, sign_masks, signed_copy
+from .hadamard import apply_signs_, fwht_, is_pow2, next_pow2, signed_copy
 
 DEFAULT_MAX_CHUNK = 1 << 24
+ROTATIONS = ("client", "shared")
+
+
+def codec_seed(ctx: Context, rotation: str = "client") -> int:
+    """The payload's seed: per (round, client) by default; per round only with rotation=shared
+    (every client of a round rotates alike, so the server can sum in the rotated domain)."""
+    return (dataclasses.replace(ctx, shared=True) if rotation == "shared" else ctx).derive_seed("eden")
 
 
 # -- tables ----------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=64)
-def centroids(bits: int, device: str = "cpu") -> torch.Tensor:
-    """All 2**bits Lloyd-Max centroids for N(0,1), ascending (float32)."""
-    half = torch.tensor(HALF_CENTROIDS[bits], dtype=torch.float64)
-    return torch.cat([-half.flip(0), half]).float().to(device)
-
-
-@functools.lru_cache(maxsize=64)
-def boundaries(bits: int, device: str = "cpu") -> torch.Tensor:
-    """Midpoints of adjacent centroids (2**bits - 1 values, 0 included)."""
-    half = torch.tensor(HALF_CENTROIDS[bits], dtype=torch.float64)
-    c = torch.cat([-half.flip(0), half])
-    return ((c[1:] + c[:-1]) / 2).float().to(device)
-
-
 def lloyd_max_mse(bits: int) -> float:
     """D_b = E[(Z - Q(Z))^2] = 1 - E[Q(Z)^2] for Z ~ N(0,1) (theory for the biased scale)."""
     half = HALF_CENTROIDS[bits]
@@ -151,7 +144,7 @@ class Eden(Codec):
     supports_holes = True
 
     def __init__(self, bits: float = 2, unbiased: bool = True, max_overhead: float = 0.1,
-                 max_chunk: int = DEFAULT_MAX_CHUNK) -> None:
+                 max_chunk: int = DEFAULT_MAX_CHUNK, rotation: str = "client") -> None:
         check_bits(bits)
         if not isinstance(unbiased, bool):
             raise ValueError(f"unbiased: got {unbiased!r}; allowed: true, false")
@@ -160,13 +153,17 @@ class Eden(Codec):
             raise ValueError(f"max_overhead: got {max_overhead!r}; allowed: a number in [0, 1]")
         if not isinstance(max_chunk, int) or not is_pow2(max_chunk) or max_chunk < 8:
             raise ValueError(f"max_chunk: got {max_chunk!r}; allowed: a power of two >= 8")
-        super().__init__(bits=bits, unbiased=unbiased, max_overhead=max_overhead, max_chunk=max_chunk)
+        if rotation not in ROTATIONS:
+            raise ValueError(f"rotation: got {rotation!r}; allowed: {', '.join(ROTATIONS)}")
+        extra = {"rotation": rotation} if rotation != "client" else {}   # default payloads unchanged
+        super().__init__(bits=bits, unbiased=unbiased, max_overhead=max_overhead, max_chunk=max_chunk, **extra)
 
     # encode ------------------------------------------------------------------------------
     def _encode(self, x: torch.Tensor, ctx: Context) -> Encoded:
         p = self.params
         bits, dev = float(p["bits"]), x.device
-        seed = ctx.derive_seed("eden")
+        seed = codec_seed(ctx, p.get("rotation", "client"))
+        shared = bool(ctx.shared) or p.get("rotation") == "shared"
         lay = _Layout(x.numel(), bits, seed, p["max_overhead"], p["max_chunk"], dev)
         streams: dict[int, list[torch.Tensor]] = {w: [] for w in lay.widths}
         scales: list[float] = []
@@ -183,7 +180,7 @@ class Eden(Codec):
                 streams[w].append(codes[w])
         sections = {_stream_name(w): _to_bytes(bitpack.pack(torch.cat(streams[w]), w)) for w in lay.widths}
         enc = new_encoded(**sections)
-        enc.meta = {"seed": seed, "shared": bool(ctx.shared), "scales": scales}
+        enc.meta = {"seed": seed, "shared": shared, "scales": scales}
         return enc
 
     # decode ------------------------------------------------------------------------------
@@ -196,101 +193,22 @@ class Eden(Codec):
         return _unrotate(rotated, lay, seed, enc.numel)
 
 
-_BLOCK = 4096
-
-
-def _sum64(t: torch.Tensor) -> float:
-    """Sum with float64 accumulation: exact-enough float32 partials over 4096-element blocks,
-    then float64 across blocks (no full float64 copy of the vector)."""
-    n = t.numel()
-    main = n - n % _BLOCK
-    total = 0.0
-    if main:
-        total += float(t[:main].view(-1, _BLOCK).sum(1).double().sum())
-    if main < n:
-        total += float(t[main:].double().sum())
-    return total
-
-
-_DOT_BLOCK = 1 << 16
-
-
-def _dot64(a: torch.Tensor, b: torch.Tensor) -> float:
-    """<a, b> summed in float64 across 65,536-element blocks (one BLAS dot each, no temporary)."""
-    return sum(float(torch.dot(u, v)) for u, v in zip(a.split(_DOT_BLOCK), b.split(_DOT_BLOCK)))
-
-
-_GRID_CELLS = 1 << 14          # cells of the uniform grid over the normalized thresholds' range
-_AMBIGUOUS = 255
-_TOP_BITS = 0x8080808080808080 - (1 << 64)     # the top bit of every byte of an int64
-
-
-@functools.lru_cache(maxsize=16)
-def _grid(bits: int, device: str) -> tuple[float, float, torch.Tensor, torch.Tensor]:
-    """A uniform grid over z = y / rms: origin, cell width, and per cell the uint8 code and its
-    float32 centroid; code 255 where a threshold is within two cells (decided there by comparing
-    exactly: float rounding of the cell index is far below one cell)."""
-    half = torch.tensor(HALF_CENTROIDS[bits], dtype=torch.float64)
-    c = torch.cat([-half.flip(0), half])
-    b = (c[1:] + c[:-1]) / 2                                   # the boundaries, float64
-    lo, hi = float(b[0]) - 0.5, float(b[-1]) + 0.5
-    w = (hi - lo) / _GRID_CELLS
-    k = torch.arange(_GRID_CELLS, dtype=torch.float64)
-    left, right = lo + (k - 2) * w, lo + (k + 3) * w          # cell k widened by two cells each side
-    left[:3], right[-3:] = -math.inf, math.inf                 # the clamped end cells take all beyond
-    c_left = torch.searchsorted(b, left, right=False)          # #thresholds < left
-    c_right = torch.searchsorted(b, right, right=False)        # #thresholds < right
-    code = torch.where(c_left == c_right, c_left, torch.tensor(_AMBIGUOUS)).to(torch.uint8)
-    value = centroids(bits, "cpu")[c_left.clamp(max=len(c) - 1)]
-    return lo, w, code.to(device), value.to(device)
-
-
-def _bin_codes(part: torch.Tensor, thr: torch.Tensor, bits: int, rms: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 codes equal to torch.bucketize(part, thr) (#thresholds < value) and their centroids
-    q (float32), without a binary search per element: table lookups on a fine uniform grid decide
-    all but the ~1% of values within two cells of a threshold, which are compared exactly."""
-    table = centroids(bits, str(part.device))
-    if bits == 1:
-        codes = (part > thr[0]).view(torch.uint8)
-        return codes, table.index_select(0, codes.to(torch.int32))
-    lo, w, code_lut, value_lut = _grid(bits, str(part.device))
-    u = torch.mul(part, 1.0 / (w * rms))
-    u.sub_(lo / w).clamp_(0, _GRID_CELLS - 1)
-    k = u.to(torch.int32)
-    del u
-    codes = code_lut.index_select(0, k)
-    q = value_lut.index_select(0, k)
-    del k
-    n = codes.numel()
-    if n % 8 == 0:              # find flagged bytes 8 at a time: words with any top bit set
-        words = (codes.view(torch.int64) & _TOP_BITS).nonzero().view(-1)
-        cand = (words.unsqueeze(1) * 8 + torch.arange(8, device=codes.device)).view(-1)
-        amb = cand[codes.index_select(0, cand) == _AMBIGUOUS]
-    else:
-        amb = (codes == _AMBIGUOUS).nonzero().view(-1)
-    if amb.numel():
-        fix = torch.bucketize(part.index_select(0, amb), thr, out_int32=True)
-        codes.index_copy_(0, amb, fix.to(torch.uint8))
-        q.index_copy_(0, amb, table.index_select(0, fix))
-    return codes, q
-
-
 def _quantize_part(part: torch.Tensor, bits: int, rms: float, need_qq: bool) -> tuple[torch.Tensor, float, float]:
     """Codes of one vector part, <q, part> and ||q||^2 (float64; only if need_qq), q = unscaled centroids.
 
-    Codes and q by grid lookup (`_bin_codes`, codes equal to bucketize against the rms-scaled
+    Codes and q by grid lookup (`eden_quant.bin_codes`, codes equal to bucketize against the rms-scaled
     Lloyd-Max boundaries); the sums by blockwise dot products.
     """
     thr = boundaries(bits, str(part.device)) * rms
-    codes, q = _bin_codes(part, thr, bits, rms)
-    return codes, _dot64(q, part), (_dot64(q, q) if need_qq else 0.0)
+    codes, q = bin_codes(part, thr, bits, rms)
+    return codes, dot64(q, part), (dot64(q, q) if need_qq else 0.0)
 
 
 def _quantize(y: torch.Tensor, lay: _Layout, c: int, unbiased: bool) -> tuple[float, dict[int, torch.Tensor]]:
     """Codes per width for one rotated chunk, and its scale (0 for a zero chunk)."""
     masks = lay.masks[c]
     sub = y[masks[1]] if lay.bits < 1 else y  # b < 1: only kept coordinates are quantized
-    sq = _dot64(sub, sub)
+    sq = dot64(sub, sub)
     codes: dict[int, torch.Tensor] = {}
     if sq == 0.0 or sub.numel() == 0:
         for w in lay.widths:
@@ -309,6 +227,11 @@ def _quantize(y: torch.Tensor, lay: _Layout, c: int, unbiased: bool) -> tuple[fl
 
 def rotated_estimate(enc: Encoded, device: torch.device | str = "cpu") -> tuple[_Layout, list[torch.Tensor]]:
     """Per chunk, the receiver's estimate of the rotated vector (scaled, hole-corrected)."""
+    lay, _, out = _rotated(enc, device)
+    return lay, out
+
+
+def _rotated(enc: Encoded, device: torch.device | str) -> tuple[_Layout, torch.Tensor, list[torch.Tensor]]:
     if enc.codec != Eden.name:
         raise ValueError(f"codec: payload was encoded with {enc.codec!r}, not 'eden'")
     device = torch.device(device)
@@ -319,7 +242,8 @@ def rotated_estimate(enc: Encoded, device: torch.device | str = "cpu") -> tuple[
     lay = _Layout(enc.numel, bits, seed, p.get("max_overhead", 0.1), p.get("max_chunk", DEFAULT_MAX_CHUNK), device)
     if len(scales) != len(lay.sizes):
         raise ValueError(f"payload: {len(scales)} scales for {len(lay.sizes)} chunks")
-    out = [torch.zeros(D, dtype=torch.float32, device=device) for D in lay.padded]
+    flat = torch.zeros(sum(lay.padded), dtype=torch.float32, device=device)
+    out = list(flat.split(lay.padded))                  # views: the chunks lie back to back
     received = [0] * len(lay.padded)
     for w in lay.widths:
         name = _stream_name(w)
@@ -347,7 +271,7 @@ def rotated_estimate(enc: Encoded, device: torch.device | str = "cpu") -> tuple[
         if received[c] > 0:
             factor *= lay.sent(c) / received[c] / lay.keep_p
         out[c].mul_(factor)
-    return lay, out
+    return lay, flat, out
 
 
 def _decode_whole(enc: Encoded, device: torch.device) -> torch.Tensor | None:
@@ -389,6 +313,35 @@ def _decode_whole(enc: Encoded, device: torch.device) -> torch.Tensor | None:
     return parts[0] if single else torch.cat(parts)
 
 
+def rotated_flat(enc: Encoded, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The receiver's estimate of the rotated (padded, chunks back to back) vector, scaled and
+    hole-corrected, as one float32 tensor: what a shared-rotation server sums across clients."""
+    return _rotated(enc, device)[1]
+
+
+def rotated_layout(enc: Encoded) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """(seed, chunk sizes, padded chunk sizes) of a payload: payloads whose layouts are equal can
+    be summed in the rotated domain and inverse-rotated once (`unrotate_flat`)."""
+    p = enc.params
+    sizes = chunk_sizes(enc.numel, p.get("max_overhead", 0.1), p.get("max_chunk", DEFAULT_MAX_CHUNK))
+    return int(enc.meta["seed"]), tuple(sizes), tuple(next_pow2(n) for n in sizes)
+
+
+def unrotate_flat(flat: torch.Tensor, layout: tuple[int, tuple[int, ...], tuple[int, ...]]) -> torch.Tensor:
+    """Inverse rotation, in place, of a flat rotated-domain vector with `layout`; returns the
+    first-d coordinates of each chunk (length d): one FWHT per chunk, whatever was summed into it."""
+    seed, sizes, padded = layout
+    if flat.numel() != sum(padded) or not flat.is_contiguous() or flat.dtype != torch.float32:
+        raise ValueError(f"flat: need a contiguous float32 vector of {sum(padded)} elements")
+    parts, pos = [], 0
+    for c, (n, D) in enumerate(zip(sizes, padded)):
+        seg = flat[pos:pos + D]
+        apply_signs_(fwht_(seg), derive_seed(seed, "rot", c))
+        parts.append(seg[:n])
+        pos += D
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def _unrotate(rotated: list[torch.Tensor], lay: _Layout, seed: int, numel: int) -> torch.Tensor:
     parts = []
     for c, (n, y) in enumerate(zip(lay.sizes, rotated)):
@@ -421,7 +374,7 @@ def mean_of(encodings: Sequence[Encoded], ctxs: Sequence[Context] | None = None,
         if len(ctxs) != n:
             raise ValueError(f"ctxs: got {len(ctxs)} contexts for {n} payloads")
         for e, cx in zip(encodings, ctxs):
-            if cx.derive_seed("eden") != int(e.meta["seed"]):
+            if codec_seed(cx, e.params.get("rotation", "client")) != int(e.meta["seed"]):
                 raise ValueError(f"ctxs: context of client {cx.client_id} does not match its payload's seed")
     numel = encodings[0].numel
     if any(e.numel != numel for e in encodings):

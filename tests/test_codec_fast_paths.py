@@ -8,7 +8,8 @@ import torch
 
 from thinwire import compression as C
 from thinwire.compression import bitpack
-from thinwire.compression.eden import _bin_codes, boundaries, centroids, chunk_sizes, rotated_estimate, _unrotate
+from thinwire.compression.eden import chunk_sizes, rotated_estimate, _unrotate
+from thinwire.compression.eden_quant import bin_codes, boundaries, centroids
 from thinwire.compression.hadamard import rademacher, sign_masks, signed_copy
 
 
@@ -41,12 +42,12 @@ def test_grid_codes_equal_bucketize_including_ties_and_extremes(bits):
     y[len(thr):2 * len(thr)] = torch.nextafter(thr, torch.full_like(thr, 9.0))   # one ulp above
     y[2 * len(thr):3 * len(thr)] = torch.nextafter(thr, torch.full_like(thr, -9.0))
     y[-4:] = torch.tensor([1e30, -1e30, 0.0, -0.0])
-    codes, q = _bin_codes(y, thr, bits, rms)
+    codes, q = bin_codes(y, thr, bits, rms)
     ref = torch.bucketize(y, thr)
     assert torch.equal(codes.long(), ref)
     assert torch.equal(q, centroids(bits)[ref])
     odd = y[:1001]                                             # length not a multiple of 8
-    assert torch.equal(_bin_codes(odd, thr, bits, rms)[0].long(), torch.bucketize(odd, thr))
+    assert torch.equal(bin_codes(odd, thr, bits, rms)[0].long(), torch.bucketize(odd, thr))
 
 
 def test_lut_signs_equal_rademacher():

@@ -208,8 +208,8 @@ def speed_check(d: int, repeat: int, device: torch.device, seed: int, bits: tupl
         y.copy_(x)
         base.append(timed(lambda: torch.bucketize(fwht_(y), bnd)))
         for b, c in codecs.items():
-            te = timed(lambda: c.encode(x, ctx))
-            td = timed(lambda: c.decode(encs[b], ctx, device=device))
+            te = timed(lambda c=c: c.encode(x, ctx))
+            td = timed(lambda c=c, b=b: c.decode(encs[b], ctx, device=device))
             per[b]["enc"].append(te)
             per[b]["dec"].append(td)
             per[b]["ratio"].append((te + td) / f)

@@ -35,8 +35,8 @@ from typing import Any
 import torch
 
 from thinwire.client.runtime import ClientState
-
-from thinwire.config import STATE_DTYPES, STATE_STORES as STORES
+from thinwire.config import STATE_DTYPES
+from thinwire.config import STATE_STORES as STORES
 
 FORMAT = "thinwire-client-state-files-1"
 _SUFFIX = ".state"
@@ -63,7 +63,7 @@ class ClientStateStore:
             self.root.mkdir(parents=True, exist_ok=True)
 
     @classmethod
-    def for_run(cls, cfg: Any) -> "ClientStateStore":
+    def for_run(cls, cfg: Any) -> ClientStateStore:
         """The store a run's config asks for: files under RUN_DIR/client-state, or memory."""
         kind = getattr(cfg, "state_store", "files")
         dtype = getattr(cfg, "state_dtype", "float32")
@@ -236,4 +236,4 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-__all__ = ["ClientStateStore", "STORES", "STATE_DTYPES"]
+__all__ = ["STATE_DTYPES", "STORES", "ClientStateStore"]
