@@ -45,7 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients", type=int, default=10, help="clients for the n-client NMSE (default 10)")
     p.add_argument("--repeat", type=int, default=3, help="timing repetitions, the best is kept (default 3)")
     p.add_argument("--speed-dim", type=int, default=1 << 22, help="length for the EDEN speed check (default 2^22)")
-    p.add_argument("--no-speed-check", action="store_true", help="skip the EDEN vs FWHT+bucketize check")
+    p.add_argument("--no-speed-check", action="store_true", help="skip the EDEN vs FWHT speed check")
+    p.add_argument("--no-rotation-check", action="store_true",
+                   help="skip EDEN shared vs per-client rotation (NMSE of the mean, server time)")
+    p.add_argument("--rotation-dim", type=int, default=1 << 20, help="length for the rotation check (default 2^20)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
     p.add_argument("--seed", type=int, default=0)
@@ -224,6 +227,31 @@ def speed_check(d: int, repeat: int, device: torch.device, seed: int, bits: tupl
     return out
 
 
+def rotation_check(d: int, n: int, bits: int, repeat: int, device: torch.device, seed: int) -> dict[str, Any]:
+    """EDEN with per-client (independent) vs per-round shared rotations, n clients: NMSE of the
+    mean and the server's time to average the n payloads (shared: rotated-domain sum + one
+    inverse transform; independent: n decodes). Two workloads: independent N(0,1) clients, and
+    nearly identical clients (x_i = x + 0.1 z_i), where a shared rotation gives every client the
+    same quantization error, so averaging cannot cancel it."""
+    from thinwire import compression as C
+    from thinwire.compression import stats
+    from thinwire.compression.eden import mean_of
+
+    g = torch.Generator().manual_seed(seed + 7)
+    common = torch.randn(d, generator=g)
+    loads = {"independent clients": [torch.randn(d, generator=g) for _ in range(n)],
+             "correlated clients (x + 0.1 z_i)": [common + 0.1 * torch.randn(d, generator=g) for _ in range(n)]}
+    out: dict[str, Any] = {"d": d, "clients": n, "bits": bits, "rows": []}
+    for label, xs in loads.items():
+        for rotation in ("client", "shared"):
+            codec = C.from_spec(f"eden:bits={bits},rotation={rotation}")
+            encs = [codec.encode(x.to(device), C.Context(seed=seed, round=1, client_id=i)) for i, x in enumerate(xs)]
+            t, mean = _best_time(lambda encs=encs: mean_of(encs, device=device), repeat, device)
+            out["rows"].append({"workload": label, "rotation": rotation, "nmse": stats.nmse(mean.cpu(), xs),
+                                "server_s": t, "vnmse_theory": C.eden.theoretical_vnmse(bits)})
+    return out
+
+
 # -- output ----------------------------------------------------------------------------------------
 def _table(rows: list[dict[str, Any]], n: int) -> str:
     head = (f"{'codec':<28}{'bits/coord':>11}{'x fp32':>9}{'NMSE n=1':>11}{f'NMSE n={n}':>12}"
@@ -296,7 +324,7 @@ def _validate(args: argparse.Namespace) -> torch.device:
         raise ConfigError("source", f"unknown source {args.source!r}", ", ".join(SOURCES))
     if args.dist not in DISTS:
         raise ConfigError("dist", f"unknown distribution {args.dist!r}", ", ".join(DISTS))
-    for name, lo in (("dim", 1), ("clients", 1), ("repeat", 1), ("speed_dim", 1), ("threads", 0)):
+    for name, lo in (("dim", 1), ("clients", 1), ("repeat", 1), ("speed_dim", 1), ("threads", 0), ("rotation_dim", 8)):
         if getattr(args, name) < lo:
             raise ConfigError(name.replace("_", "-"), f"got {getattr(args, name)}", f"an integer >= {lo}")
     if args.device not in ("cpu", "cuda"):
@@ -355,6 +383,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"  EDEN b={b}: encode {r['encode_s'] * 1e3:.1f} ms + decode {r['decode_s'] * 1e3:.1f} ms = "
                   f"{r['ratio']:.2f}x one FWHT [{r['ratio_min']:.2f} .. {r['ratio_max']:.2f}] "
                   f"({'meets' if r['ratio'] <= sc['goal'] else 'misses'} the <= {sc['goal']:g}x goal)")
+    if not args.no_rotation_check:
+        rc = rotation_check(args.rotation_dim, n, 2, args.repeat, device, args.seed)
+        result["rotation_check"] = rc
+        print(f"rotation check: EDEN b={rc['bits']}, d={rc['d']}, {rc['clients']} clients "
+              f"(vNMSE of one client, theory: {rc['rows'][0]['vnmse_theory']:.4f})")
+        for r in rc["rows"]:
+            print(f"  {r['workload']:<34} rotation={r['rotation']:<7} NMSE of the mean {r['nmse']:.5f}  "
+                  f"server average {r['server_s'] * 1e3:7.1f} ms")
     if args.plots:
         result["plots"] = write_plots(rows, args.plots, title)
         print("plots: " + ", ".join(result["plots"]))
