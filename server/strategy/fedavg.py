@@ -45,12 +45,20 @@ class FedAvg(Strategy):
         self._global = global_vec
         if self._sum is not None and self._sum.numel != global_vec.numel():
             self._sum = None
+        if self._sum is None and not self._rotated_codec():    # allocated up front, as before issue 21
+            self._sum = ExactSum(global_vec.numel(), device=global_vec.device)
         for acc in (self._sum, self._rot):       # both are allocated at their first fold
             if acc is not None:
                 acc.reset()
         self._rot_layout = None
         self._open = True
         self._metric_sums = {}
+
+    def _rotated_codec(self) -> bool:
+        """The run's codec is EDEN with a shared rotation: its deltas fold in the rotated domain,
+        so the plain sum is only allocated if a result needs it (memory: one sum, not two)."""
+        codec = str(getattr(self.cfg, "codec", "") or "")
+        return codec.startswith("eden:") and "rotation=shared" in codec.replace(" ", "")
 
     def folds_encoded(self, name: str, enc: Any) -> bool:
         """Keep the model delta encoded when it is an EDEN payload with a per-round shared rotation."""
