@@ -27,7 +27,7 @@ import torch
 
 from . import bitpack
 from .base import Codec, Context, Encoded, derive_seed, new_encoded, register
-from .eden_quant import bin_codes, boundaries, centroids, dot64
+from .eden_quant import bin_codes, boundaries, centroids, dot64, sum_squares64
 from .eden_tables import HALF_CENTROIDS
 from .hadamard import apply_signs_, fwht_, is_pow2, next_pow2, signed_copy
 
@@ -208,7 +208,7 @@ def _quantize(y: torch.Tensor, lay: _Layout, c: int, unbiased: bool) -> tuple[fl
     """Codes per width for one rotated chunk, and its scale (0 for a zero chunk)."""
     masks = lay.masks[c]
     sub = y[masks[1]] if lay.bits < 1 else y  # b < 1: only kept coordinates are quantized
-    sq = dot64(sub, sub)
+    sq = sum_squares64(sub)
     codes: dict[int, torch.Tensor] = {}
     if sq == 0.0 or sub.numel() == 0:
         for w in lay.widths:

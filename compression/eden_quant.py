@@ -29,7 +29,21 @@ def boundaries(bits: int, device: str = "cpu") -> torch.Tensor:
     return ((c[1:] + c[:-1]) / 2).float().to(device)
 
 
+_BLOCK = 4096
 _DOT_BLOCK = 1 << 16
+
+
+def sum_squares64(t: torch.Tensor) -> float:
+    """||t||^2 as EDEN has always computed it (float32 squares summed over 4096-element blocks,
+    float64 across blocks), so the rms, hence the codes, stay those of earlier payloads."""
+    n = t.numel()
+    main = n - n % _BLOCK
+    total = 0.0
+    if main:
+        total += float((t[:main] * t[:main]).view(-1, _BLOCK).sum(1).double().sum())
+    if main < n:
+        total += float((t[main:] * t[main:]).double().sum())
+    return total
 
 
 def dot64(a: torch.Tensor, b: torch.Tensor) -> float:
