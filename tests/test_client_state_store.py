@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from thinwire.client.runtime import ClientState
 
 from thinwire import checkpoint
-from thinwire.client.runtime import ClientState
 from thinwire.sim.store import ClientStateStore
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from thinwire import compression as C
 from thinwire.compression import bitpack
-from thinwire.compression.eden import chunk_sizes, rotated_estimate, _unrotate
+from thinwire.compression.eden import _unrotate, chunk_sizes, rotated_estimate
 from thinwire.compression.eden_quant import bin_codes, boundaries, centroids
 from thinwire.compression.hadamard import rademacher, sign_masks, signed_copy
+
+from thinwire import compression as C
 
 
 def _reference_stream(codes: torch.Tensor, bits: int) -> bytes:

@@ -7,7 +7,6 @@ import random
 
 import numpy as np
 import torch
-
 from thinwire.server.exact_sum import FLOAT64_EXACT, ExactSum
 
 

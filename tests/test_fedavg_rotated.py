@@ -8,11 +8,11 @@ import math
 
 import pytest
 import torch
-
-from thinwire import compression as C
 from thinwire.compression.eden import Eden, rotated_flat
 from thinwire.server.strategy.base import Result
 from thinwire.server.strategy.fedavg import FedAvg
+
+from thinwire import compression as C
 from thinwire.task import DEFAULT_TENSOR, Task, decode_result_split, pack_result
 
 U = 2.0 ** -24                         # float32 unit roundoff
@@ -83,7 +83,7 @@ def test_other_layouts_and_plain_results_mix_exactly_weighted():
     for i, e in enumerate(shared):
         s.accept(_result(e, i, 2))
     s.accept(_result(other, 9, 3))                            # another chunking: decoded, plain sum
-    s.accept(Result(client_id=10, round=3, job=3, task=shared and _result(shared[0], 10, 1).task,
+    s.accept(Result(client_id=10, round=3, job=3, task=_result(shared[0], 10, 1).task,
                     tensors={DEFAULT_TENSOR: plain}, scalars={"num_samples": 5}))
     got, metrics = s.finalize()
     assert metrics["aggregated"] == 5

@@ -3,9 +3,9 @@ transform per round) and learns as well as per-client rotations (issue 21); the 
 client state store carries EF residuals of the run."""
 import pytest
 import ray
+from thinwire.server.strategy.fedavg import FedAvg
 
 from thinwire.config import RunConfig, build
-from thinwire.server.strategy.fedavg import FedAvg
 from thinwire.sim.engine import simulate
 
 pytestmark = pytest.mark.slow

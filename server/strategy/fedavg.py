@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
 from thinwire.server.exact_sum import ExactSum
 from thinwire.server.strategy.base import Result, Strategy
+
 from thinwire.task import DEFAULT_TENSOR
 
 
