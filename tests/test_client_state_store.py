@@ -110,7 +110,7 @@ def test_legacy_in_memory_snapshot_loads_into_files_and_memory_store_round_trips
     m2 = ClientStateStore()
     m2.load_state_dict(snap)
     _same(m2.get(1), _state(1))
-    with pytest.raises(ValueError, match="^state: a file-backed"):
+    with pytest.raises(ValueError, match="^state: this checkpoint keeps client state in files"):
         ClientStateStore().load_state_dict(f.state_dict())
 
 

@@ -37,6 +37,7 @@ import torch
 from thinwire.client.runtime import ClientState
 from thinwire.config import STATE_DTYPES
 from thinwire.config import STATE_STORES as STORES
+from thinwire.errors import UserError
 
 FORMAT = "thinwire-client-state-files-1"
 _SUFFIX = ".state"
@@ -140,14 +141,14 @@ class ClientStateStore:
     def load_state_dict(self, state: dict[Any, Any]) -> None:
         if state.get("format") == FORMAT:
             if not self.file_backed:
-                raise ValueError("state: a file-backed client state snapshot needs a store with a root "
-                                 "directory (state_store: files)")
+                raise UserError("state: this checkpoint keeps client state in files; resume it with "
+                                "state_store: files (got memory)")
             assert self.root is not None
             index = {int(c): (str(v["file"]), v["state"]) for c, v in state["clients"].items()}
             missing = [n for n, _ in index.values() if not (self.root / n).is_file()]
             if missing:
-                raise ValueError(f"state: {len(missing)} client state file(s) missing under {self.root} "
-                                 f"(e.g. {missing[0]}); the checkpoint cannot be resumed without them")
+                raise UserError(f"state: {len(missing)} client state file(s) missing under {self.root} "
+                                f"(e.g. {missing[0]}); the checkpoint cannot be resumed without them")
             self._index = index
             self._pinned, self._prev_pinned = {n for n, _ in index.values()}, set()
             self._dirty.clear()
