@@ -47,7 +47,7 @@ class FedAvg(Strategy):
             self._sum = None
         if self._sum is None and not self._rotated_codec():    # allocated up front, as before issue 21
             self._sum = ExactSum(global_vec.numel(), device=global_vec.device)
-        for acc in (self._sum, self._rot):       # both are allocated at their first fold
+        for acc in (self._sum, self._rot):       # the rotated sum is allocated at its first fold
             if acc is not None:
                 acc.reset()
         self._rot_layout = None
