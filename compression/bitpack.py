@@ -142,7 +142,24 @@ def unpack_lookup(data: torch.Tensor, bits: int, count: int, table: torch.Tensor
         shifts = torch.arange(0, 8, bits, device=data.device)
         lut = table[(byte >> shifts) & ((1 << bits) - 1)]  # (256, per)
         return lut.index_select(0, data.reshape(-1)[:nb].to(torch.int32)).view(-1)[:count]
+    if bits == 3 and count % 8 == 0:
+        return _unpack3_lookup(data, count, table)
     return table.index_select(0, unpack(data, bits, count).to(torch.int32))
+
+
+def _unpack3_lookup(data: torch.Tensor, count: int, table: torch.Tensor) -> torch.Tensor:
+    """b = 3: each 3-byte group is two 12-bit halves of 4 codes each; a 4096-row table maps a half
+    straight to its 4 values (one gather per 4 codes instead of unpacking then gathering)."""
+    groups = count // 8
+    if data.numel() < groups * 3:
+        raise ValueError(f"data: {data.numel()} bytes cannot hold {count} codes of 3 bits")
+    b = data[:groups * 3].view(groups, 3).to(torch.int32)
+    half = torch.empty(groups, 2, dtype=torch.int32, device=data.device)
+    torch.bitwise_or(b[:, 0], (b[:, 1] & 15) << 8, out=half[:, 0])
+    torch.bitwise_or(b[:, 1] >> 4, b[:, 2] << 4, out=half[:, 1])
+    v = torch.arange(4096, device=data.device).unsqueeze(1)
+    lut = table[(v >> torch.arange(0, 12, 3, device=data.device)) & 7]      # (4096, 4)
+    return lut.index_select(0, half.view(-1)).view(-1)
 
 
 def lost_codes(start: int, end: int, bits: int) -> tuple[int, int]:

@@ -85,8 +85,8 @@ def bin_codes(part: torch.Tensor, thr: torch.Tensor, bits: int, rms: float) -> t
         codes = (part > thr[0]).view(torch.uint8)
         return codes, table.index_select(0, codes.to(torch.int32))
     lo, w, code_lut, value_lut = _grid(bits, str(part.device))
-    u = torch.mul(part, 1.0 / (w * rms))
-    u.sub_(lo / w).clamp_(0, _GRID_CELLS - 1)
+    u = torch.add(torch.tensor(-lo / w, dtype=part.dtype, device=part.device), part, alpha=1.0 / (w * rms))
+    u.clamp_(0, _GRID_CELLS - 1)
     k = u.to(torch.int32)
     del u
     codes = code_lut.index_select(0, k)
