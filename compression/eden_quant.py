@@ -30,6 +30,7 @@ def boundaries(bits: int, device: str = "cpu") -> torch.Tensor:
 
 
 _BLOCK = 4096
+_SLAB = 1 << 18                 # a multiple of _BLOCK
 _DOT_BLOCK = 1 << 16
 
 
@@ -39,8 +40,9 @@ def sum_squares64(t: torch.Tensor) -> float:
     n = t.numel()
     main = n - n % _BLOCK
     total = 0.0
-    if main:
-        total += float((t[:main] * t[:main]).view(-1, _BLOCK).sum(1).double().sum())
+    if main:       # squares in 1 MB slabs (no vector-sized temporary to page-fault in), same block sums
+        blocks = torch.cat([(s * s).view(-1, _BLOCK).sum(1) for s in t[:main].split(_SLAB)])
+        total += float(blocks.double().sum())
     if main < n:
         total += float((t[main:] * t[main:]).double().sum())
     return total
