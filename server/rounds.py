@@ -27,7 +27,7 @@ from thinwire.config import RunConfig, to_dict, write_resolved_config
 from thinwire.faults.crash import crash_point
 from thinwire.metrics import MetricsWriter
 from thinwire.rundir import check_resume_settings, make_dir
-from thinwire.task import Task, decode_result
+from thinwire.task import Task, decode_result_split
 
 from thinwire.server.driver import RoundPolicy
 from thinwire.server.strategy import Result, RoundView, Strategy
@@ -221,9 +221,10 @@ class RoundEngine:
             return "late"
         task = self.tasks_by_round[ev.round][ev.client_id]
         try:
-            tensors = decode_result(ev.payload, task, self.transport.segments, ev.holes)
+            tensors, encoded = decode_result_split(ev.payload, task, self.transport.segments, ev.holes,
+                                                   keep_encoded=self.strategy.folds_encoded)
             self.strategy.accept(Result(client_id=ev.client_id, round=ev.round, job=ev.job, task=task,
-                                        tensors=tensors, scalars=dict(ev.scalars), time=ev.time))
+                                        tensors=tensors, scalars=dict(ev.scalars), time=ev.time, encoded=encoded))
             crash_point("after_fold", ev.round)
         except ValueError as e:
             ev.answer("refused", str(e))
@@ -231,7 +232,7 @@ class RoundEngine:
                 view.lost.add(ev.client_id)
             return "refused"
         finally:
-            tensors = None      # a decoded tensor may view the sender's buffer: drop it before replying
+            tensors = encoded = None    # a decoded tensor may view the sender's buffer: drop it before replying
         if current:
             view.arrived[ev.client_id] = ev.time
         else:

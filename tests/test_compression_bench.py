@@ -12,7 +12,8 @@ from thinwire.errors import ConfigError, DataError
 def _args(**kw):
     p = argparse.ArgumentParser()
     bench.add_arguments(p)
-    a = p.parse_args(["--dim", "4096", "--clients", "4", "--repeat", "1", "--speed-dim", "65536", "--no-progress"])
+    a = p.parse_args(["--dim", "4096", "--clients", "4", "--repeat", "1", "--speed-dim", "65536", "--rotation-dim", "16384",
+                          "--no-progress"])
     for k, v in kw.items():
         setattr(a, k, v)
     return a
@@ -35,6 +36,17 @@ def test_bench_small_run_writes_consistent_json_and_plots(tmp_path, capsys):
     for r in res["codecs"]:
         assert r["send_s"]["10Mbit"] == pytest.approx(8 * r["nbytes"] / 1e7)
     assert res["speed_check"]["ratio"] > 0
+    # encode + decode contain two FWHTs of the padded vector: at least one FWHT's time, whatever the noise
+    # shared rotation: same NMSE decay as independent ones on independent clients; none on
+    # identical-ish clients (the quantization error is shared), where per-client rotations keep 1/n
+    rc = {(r["workload"].split()[0], r["rotation"]): r["nmse"] for r in res["rotation_check"]["rows"]}
+    v = 0.1331
+    assert rc[("independent", "client")] == pytest.approx(v / 4, rel=0.3)
+    assert rc[("independent", "shared")] == pytest.approx(v / 4, rel=0.3)
+    assert rc[("correlated", "client")] == pytest.approx(v / 4, rel=0.3)
+    assert rc[("correlated", "shared")] > 0.6 * v
+    sc = res["speed_check"]["bits"]
+    assert sorted(sc) == ["1", "2", "3", "4"] and all(r["ratio"] >= 1 for r in sc.values())
     assert all((tmp_path / "plots" / f).stat().st_size > 1000
                for f in ("bench-compression-nmse.png", "bench-compression-send-time.png"))
 

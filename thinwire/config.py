@@ -129,6 +129,10 @@ def check_model(name: str, model: str) -> None:
         raise ConfigError(name, f"unknown model {model!r}", MODELS_HELP)
 
 
+STATE_STORES = ("files", "memory")          # thinwire.sim.store (issue 21)
+STATE_DTYPES = ("float32", "float16")
+
+
 # -- the federated run (simulation and served mode share it) ----------------------------------
 @dataclass
 class RunConfig:
@@ -242,6 +246,13 @@ class RunConfig:
     dp_noise_seed: int = _f(-1, "--strategy dp-fedavg: seed of the noise (-1 = fresh OS randomness; a fixed "
                             "seed makes runs reproducible but lets whoever knows it remove the noise)")
 
+    # -- client state store (issue 21)
+    state_store: str = _f("files", "where simulated clients' state (error-feedback residuals) lives: files "
+                          "under RUN_DIR/client-state (RAM bounded by one round's clients) or memory",
+                          choices=STATE_STORES)
+    state_dtype: str = _f("float32", "precision of stored float32 client state: float32 (exact) or float16 "
+                          "(half the disk and I/O, rounded)", choices=STATE_DTYPES)
+
     def validate(self) -> "RunConfig":
         from thinwire.plugins import absolute
         # File plug-ins by absolute path: Ray workers and client processes run elsewhere.
@@ -278,6 +289,7 @@ class RunConfig:
         check_float("server_lr", self.server_lr, 0.0, lo_open=True)
         check_float("server_momentum", self.server_momentum, 0.0, 1.0, hi_open=True)
         self._validate_ntk()
+        self._validate_state_store()
         check_codec("codec", self.codec)
         check_choice("feedback", self.feedback, FEEDBACK)
         check_float("feedback_coeff", self.feedback_coeff, 0.0, 1.0)
@@ -355,6 +367,10 @@ class RunConfig:
         check_float("dp_noise", self.dp_noise, 0.0)
         check_float("dp_delta", self.dp_delta, 0.0, 1.0, lo_open=True, hi_open=True)
         check_int("dp_noise_seed", self.dp_noise_seed, -1)
+
+    def _validate_state_store(self) -> None:
+        check_choice("state_store", self.state_store, STATE_STORES)
+        check_choice("state_dtype", self.state_dtype, STATE_DTYPES)
 
     def _validate_ntk(self) -> None:
         check_choice("ntk_loss", self.ntk_loss, NTK_LOSSES)

@@ -24,6 +24,7 @@ class Result:
     tensors: dict[str, torch.Tensor]
     scalars: dict[str, float]
     time: float = 0.0           # arrival, seconds after its round started (virtual or wall clock)
+    encoded: dict[str, Any] = field(default_factory=dict)   # tensors the strategy folds encoded (issue 21)
 
     @property
     def num_samples(self) -> int:
@@ -87,6 +88,11 @@ class Strategy:
         return None
 
     # -- aggregate ---------------------------------------------------------------------------
+    def folds_encoded(self, name: str, enc: Any) -> bool:
+        """True: hand this tensor of a result to `accept` still encoded (in `Result.encoded`, an
+        `Encoded`), not decoded into `Result.tensors` (e.g. EDEN summed in the rotated domain)."""
+        return False
+
     def begin_round(self, rnd: int, global_vec: torch.Tensor) -> None:
         raise NotImplementedError
 

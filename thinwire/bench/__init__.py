@@ -25,6 +25,8 @@ BENCHES: dict[str, tuple[str, str]] = {
     "soak": ("thinwire.bench.soak", "long served run: server RSS slope per round, CPU per round, p99 push latency"),
     "trust": ("thinwire.bench.trust", "robust rules vs scaled-update attackers, DP-FedAvg accuracy at its epsilon, "
               "secure-aggregation bytes and exactness"),
+
+    "store": ("thinwire.bench.store", "client state store at model size: GB/s read and written, peak RSS, exactness"),
 }
 
 

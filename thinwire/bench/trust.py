@@ -167,7 +167,6 @@ def secagg_part(args) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from thinwire.config import build
     from thinwire.metrics import format_table
     from thinwire.secagg import SecAggParams, run_round
     from thinwire.secagg.masks import unwrap
