@@ -65,10 +65,11 @@ class FedAvg(Strategy):
         return codec.startswith("eden:") and "rotation=shared" in codec.replace(" ", "")
 
     def folds_encoded(self, name: str, enc: Any) -> bool:
-        """Keep the model delta encoded when it is an EDEN payload with a per-round shared rotation
-        (not under --norm-bound, which must see each decoded update)."""
-        return (self.norm_bound is None and name == DEFAULT_TENSOR and enc.codec == "eden"
-                and enc.meta.get("shared") is True)
+        """Keep the model delta encoded when it is an EDEN payload with a per-round shared rotation.
+        Only for FedAvg's own `accept`: a subclass that clips, buffers or inspects each update
+        (DP-FedAvg, robust rules) and --norm-bound must see it decoded."""
+        return (type(self).accept is FedAvg.accept and self.norm_bound is None and name == DEFAULT_TENSOR
+                and enc.codec == "eden" and enc.meta.get("shared") is True)
 
     def accept(self, result: Result) -> None:
         enc = result.encoded.get(DEFAULT_TENSOR)
