@@ -48,7 +48,7 @@ def test_launch_on_local_ray(tmp_path):
     # served run over Ray + gRPC is the same computation as the in-process run below: local
     # training is seeded per (round, client) and the server's sum is exact (order-independent),
     # hence the same global model and the same accuracy per round, not just "above chance".
-    assert [r["accepted_clients"] for r in rows] == [[0, 1, 2, 3]] * 2
+    assert [sorted(r["accepted_clients"]) for r in rows] == [[0, 1, 2, 3]] * 2     # in arrival order
     import torch
 
     inproc = _in_process_run(tmp_path / "inproc", clients=4, per_round=4, rounds=2)
