@@ -126,6 +126,8 @@ class FedBuff(FedAvg):
         self.step = 0
         self._n_total = 0
         self._staleness: list[int] = []
+        self._folded: list[list[int]] = []       # [client, version] of each result in the buffer
+        self._started: list[int] = []
 
     # -- configure -------------------------------------------------------------------------------
     def select(self, rnd: int, candidates: list[int], policy) -> list[int]:
@@ -140,7 +142,8 @@ class FedBuff(FedAvg):
         n = max(0, min(self.C - len(busy), len(idle)))
         rng = np.random.default_rng([policy.seed, SELECT_STREAM, rnd])
         new = [int(c) for c in rng.choice(idle, size=n, replace=False)] if n else []
-        return sorted(redo + new)
+        self._started = sorted(redo + new)
+        return self._started
 
     def configure_client(self, rnd: int, client_id: int):
         self.flying[client_id] = rnd
@@ -158,6 +161,7 @@ class FedBuff(FedAvg):
         self.step = rnd
         self._n_total = 0
         self._staleness = []
+        self._folded = []
 
     def accept(self, result: Result) -> None:
         if not self._open:
@@ -173,6 +177,7 @@ class FedBuff(FedAvg):
         self._sum.add(update.float(), n * quantized_weight(self.weight(s)))   # refuses before any change
         self._n_total += n
         self._staleness.append(s)
+        self._folded.append([int(result.client_id), int(result.round)])
         if "train_loss" in result.scalars:
             self._metric_sums["train_loss"] = self._metric_sums.get("train_loss", 0.0) + float(result.scalars["train_loss"]) * n
         self.flying.pop(result.client_id, None)
@@ -185,7 +190,8 @@ class FedBuff(FedAvg):
         self._open = False
         stats = {"staleness_mean": float(np.mean(self._staleness)) if self._staleness else None,
                  "staleness_max": max(self._staleness) if self._staleness else None,
-                 "in_flight": len(self.flying), "buffer_size": self.K}
+                 "in_flight": len(self.flying), "buffer_size": self.K, "folded": list(self._folded),
+                 "started": list(self._started)}
         if self._n_total <= 0:
             return self._global.clone(), {"aggregated": self._sum.count, **stats}
         # sum_k n_k q_k delta_k / (2**WEIGHT_BITS * sum_k n_k): with every q_k = 2**WEIGHT_BITS this is
