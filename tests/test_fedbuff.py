@@ -7,6 +7,7 @@ import json
 import math
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -233,13 +234,13 @@ def _rows(run_dir: Path) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_resume_mid_buffer_loses_and_doubles_nothing(tmp_path):
-    """SIGKILL right after a fold of step 4 (mid-buffer), then --resume: steps 0-3 are kept as they
+    """SIGKILL right after a fold of a result of step 3 (mid-buffer), then --resume: steps 0-3 are kept as they
     were, the buffer of step 4 is refilled from scratch, the clients in flight at the checkpoint
     are started again, and no (client, version) result is folded twice."""
     args = ["--strategy", "fedbuff", "--buffer-size", "4", "--concurrency", "8", "--out-dir", str(tmp_path),
             "--no-progress"] + [f"--{k.replace('_', '-')}={v}" for k, v in SIM.items()]
-    cmd = [sys.executable, "-m", "thinwire.cli", "simulate", "--name", "crash", "--rounds", "8", *args]
-    p = subprocess.run(cmd, env={**ENV, "THINWIRE_CRASH_AT": "after_fold:round=4"}, capture_output=True, text=True,
+    cmd = [sys.executable, "-m", "thinwire.cli", "simulate", "--name", "crash", "--rounds", "6", *args]
+    p = subprocess.run(cmd, env={**ENV, "THINWIRE_CRASH_AT": "after_fold:round=3"}, capture_output=True, text=True,
                        timeout=200)
     assert p.returncode != 0                                      # killed by the crash point
     run = tmp_path / "crash"
@@ -252,12 +253,72 @@ def test_resume_mid_buffer_loses_and_doubles_nothing(tmp_path):
     p = subprocess.run(cmd + ["--resume"], env=ENV, capture_output=True, text=True, timeout=200)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     rows = _rows(run)
-    assert [r["round"] for r in rows] == list(range(8))
+    assert [r["round"] for r in rows] == list(range(6))
     assert rows[:crashed_at] == before                          # nothing before the crash rewritten
     assert all(r["aggregated"] == 4 and r["in_flight"] == 4 for r in rows)
     folded = [tuple(p) for r in rows for p in r["folded"]]
-    assert len(folded) == len(set(folded)) == 4 * 8              # nothing counted twice
+    assert len(folded) == len(set(folded)) == 4 * 6              # nothing counted twice
     # nothing lost: every client in flight at the checkpoint is started again at the step resumed
     # from, beside K new ones, and C clients stay in flight to the end
     resumed = rows[crashed_at]
     assert set(int(c) for c in flying) <= set(resumed["started"]) and resumed["selected"] == 8
+
+
+# -- served == simulated under the same arrival order --------------------------------------------
+# Three clients whose emulated speeds (a profile trace; fast links) space every arrival of the
+# schedule >= 1.3 s apart on the clock, far above the served mode's start jitter (a task poll every
+# 0.2 s, a model download): both modes then see the same arrival order, the one thing that may
+# differ between them, and so fold the same results with the same staleness.
+TRACE = "client_id,speed,up_mbps,down_mbps,latency_ms\n0,0.26,1000,1000,0\n1,0.16,1000,1000,0\n2,0.19,1000,1000,0\n"
+SERVED = dict(clients=3, per_round=3, strategy="fedbuff", buffer_size=1, concurrency=2, rounds=6, local_epochs=1,
+              seed=1, lr=0.1, codec="identity", profile="trace", staleness="polynomial:0.5")
+
+
+def _arrivals(rows: list[dict]) -> list[float]:
+    """Arrival times of the K = 1 schedule: each step closes at one arrival."""
+    return [r["time"] for r in rows]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_served_fedbuff_with_three_client_processes_equals_simulation(tmp_path):
+    from thinwire.sim.engine import simulate
+
+    trace = tmp_path / "trace.csv"
+    trace.write_text(TRACE)
+    settings = {**SERVED, "trace": str(trace)}
+    sim = simulate(RunConfig(name="sim", out_dir=str(tmp_path), progress=False, workers=1, **settings))
+    rows_sim = _rows(sim.run_dir)
+    # the premise: every event of the schedule (arrivals and the ones still due) well apart
+    due = sorted(_arrivals(rows_sim))
+    assert min(np.diff(due)) >= 1.3, due
+    assert max(r["staleness_max"] for r in rows_sim) >= 1          # work did span steps
+    port_file = tmp_path / "port"
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+    srv = subprocess.Popen([sys.executable, "-m", "thinwire.cli", "server", "--insecure", "--host", "127.0.0.1",
+                            "--port", "0", "--port-file", str(port_file), "--out-dir", str(tmp_path), "--name",
+                            "served", "--no-progress", "--linger", "1", "--emulate", "--heartbeat-interval", "0.2",
+                            *args], stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT, env=ENV)
+    clients = []
+    try:
+        while not port_file.exists():
+            assert srv.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(0.05)
+        for i in range(3):
+            clients.append(subprocess.Popen(
+                [sys.executable, "-m", "thinwire.cli", "client", "--insecure", "--server",
+                 f"127.0.0.1:{port_file.read_text()}", "--client-id-start", str(i), "--virtual-clients", "1",
+                 "--max-wait", "60"], stdout=open(tmp_path / f"client{i}.log", "w"), stderr=subprocess.STDOUT, env=ENV))
+        assert srv.wait(240) == 0, (tmp_path / "server.log").read_text()[-3000:]
+        for i, c in enumerate(clients):
+            assert c.wait(60) == 0, (tmp_path / f"client{i}.log").read_text()[-3000:]
+    finally:
+        for p in [srv, *clients]:
+            if p.poll() is None:
+                p.kill()
+    rows_srv = _rows(tmp_path / "served")
+    same = ("round", "started", "folded", "staleness_max", "staleness_mean", "in_flight", "aggregated", "accuracy")
+    assert [{k: r[k] for k in same} for r in rows_srv] == [{k: r[k] for k in same} for r in rows_sim]
+    g_sim = torch.load(sim.run_dir / "checkpoint.pt", weights_only=True)["global"]
+    g_srv = torch.load(tmp_path / "served" / "checkpoint.pt", weights_only=True)["global"]
+    assert torch.allclose(g_sim, g_srv, rtol=0, atol=1e-6), (g_sim - g_srv).abs().max()
