@@ -21,6 +21,8 @@ BENCHES: dict[str, tuple[str, str]] = {
     "gpu": ("thinwire.bench.gpu", "EDEN encode+decode on CUDA, DDP + hook over NCCL, memory bandwidth"),
     "sgc": ("thinwire.bench.sgc", "uncoded / GC / SR-SGC / M-SGC runtime under bursty stragglers"),
     "soak": ("thinwire.bench.soak", "long served run: server RSS slope per round, CPU per round, p99 push latency"),
+    "stragglers": ("thinwire.bench.stragglers", "FedAvg (all / deadline + over-commit) vs FedBuff vs M-SGC: "
+                   "simulated time and bytes to accuracy per fault profile"),
 }
 
 
