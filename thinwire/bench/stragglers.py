@@ -68,7 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", default="", help="run directories (default: a temporary directory)")
     p.add_argument("--json", default="", metavar="FILE", help="write the results and curves here")
     p.add_argument("--plot", default="", metavar="PREFIX", help="PNGs PREFIX_<profile>.png (default: in --out-dir)")
-    p.add_argument("--from-json", default="", metavar="FILE", help="print the table and plots of an earlier --json")
+    p.add_argument("--from-json", default="", metavar="FILE",
+                   help="print the table and plots of an earlier --json (with --target: against that target)")
 
 
 def _list(name: str, value: str, allowed) -> list[str]:
@@ -170,7 +171,7 @@ def report(results: dict[str, Any], plot_prefix: str) -> list[str]:
         print(f"\nprofile {profile} (target: {what}; seeds {sorted(next(iter(by_method.values())))})")
         print(format_table(["method", "sim. s to target per seed", "mean +- sd", "bytes to target",
                             "x sync-all's time (min-max)", "run length s", "final acc"], rows))
-        if profile == GOAL_PROFILE and "fedbuff" in ratios and ratios["fedbuff"][0]:
+        if profile == GOAL_PROFILE and not results["target"] and "fedbuff" in ratios and ratios["fedbuff"][0]:
             r, all_ = ratios["fedbuff"]
             ok = all_ and max(r) <= GOAL_RATIO
             print(f"goal (FedBuff reaches sync-all's final accuracy in <= {GOAL_RATIO:g}x its simulated time, every "
@@ -189,6 +190,9 @@ def run(a: argparse.Namespace) -> int:
         results["curves"] = {p: {m: {int(s): c for s, c in bs.items()} for m, bs in bm.items()}
                              for p, bm in results["curves"].items()}
         prefix = a.plot or str(Path(a.from_json).with_suffix(""))
+        if a.target:                          # the same curves against another target
+            check_float("target", a.target, 0.0, 1.0)
+            results["target"] = a.target
     else:
         profiles = _list("profiles", a.profiles, PROFILES)
         methods = _list("methods", a.methods, METHODS)
