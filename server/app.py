@@ -11,6 +11,10 @@ Exactly-once: the checkpoint written after a round is finalized holds the model,
 the accepted (round, client) history. A crash mid-round loses only that round's partial sum; on
 `--resume` the round is redone from the checkpoint and clients re-fetch their task. Within a
 round, pushes are idempotent per (round, client, job).
+
+Asynchronous strategies (FedBuff) keep clients in flight across server steps: such a client may
+fetch its task and that step's model after the step closed (the broadcast of every step with work
+in flight is kept), and its push is queued for the next step instead of being answered late.
 """
 from __future__ import annotations
 

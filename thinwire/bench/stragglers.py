@@ -60,7 +60,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-round", type=int, default=10, help="clients per synchronous round = FedBuff's K (default: 10)")
     p.add_argument("--rounds", type=int, default=40, help="synchronous rounds (default: 40, the demo's)")
     p.add_argument("--fedbuff-steps", type=int, default=160, help="FedBuff server steps (default: 160)")
+    p.add_argument("--buffer-size", type=int, default=0, help="FedBuff K (default 0: --per-round)")
     p.add_argument("--concurrency", type=int, default=20, help="FedBuff clients in flight (default: 20 = 2K)")
+    p.add_argument("--sgc-lr", type=float, default=0.5, help="M-SGC step size on its exact full-batch gradients "
+                   "(default: 0.5, the README's)")
     p.add_argument("--staleness", default="polynomial:0.5", help="FedBuff staleness weight (default: polynomial:0.5)")
     p.add_argument("--target", type=float, default=0.0,
                    help="target test accuracy (default 0: each seed's sync-all final accuracy)")
@@ -112,12 +115,13 @@ def config_for(a: argparse.Namespace, method: str, profile: str, seed: int, out_
     elif method == "sync-deadline":
         run = dict(strategy="fedavgm", rounds=a.rounds, overcommit=1.3, deadline=20.0)
     elif method == "fedbuff":
-        run = dict(strategy="fedbuff", rounds=a.fedbuff_steps, buffer_size=a.per_round, concurrency=a.concurrency,
+        run = dict(strategy="fedbuff", rounds=a.fedbuff_steps, buffer_size=a.buffer_size or a.per_round,
+                   concurrency=min(a.concurrency, a.clients),
                    staleness=a.staleness)
     else:                                   # m-sgc: every worker every round, its own closing rule
         if a.per_round != a.clients:
             return None
-        run = dict(strategy="m-sgc", rounds=a.rounds, sgc_b=1, sgc_w=2, sgc_lambda=max(1, a.clients // 5))
+        run = dict(strategy="m-sgc", rounds=a.rounds, sgc_b=1, sgc_w=2, sgc_lambda=max(1, a.clients // 5), lr=a.sgc_lr)
     return build(RunConfig, {**base, **run})
 
 
