@@ -226,8 +226,9 @@ class ParameterServer:
             tasks = [(cid, (rs, rs.tasks[cid], left)) for cid in ids
                      if cid in rs.tasks and cid not in skip and (rs.round, cid) not in self.answered]
             if self.engine.strategy.spans_steps:
-                tasks += [(cid, (*due, left)) for cid in ids if cid not in rs.tasks and cid not in skip
-                          for due in [self._due_task(rs, cid)] if due is not None]
+                flying = self.engine.strategy.in_flight()
+                tasks += [(cid, (*due, left)) for cid in ids if cid in flying and cid not in rs.tasks and cid not in skip
+                          for due in [self._due_task(rs, cid, flying)] if due is not None]
         return unknown, tasks, False
 
     def task_for(self, cid: int) -> tuple[str, Any]:
@@ -250,11 +251,11 @@ class ParameterServer:
                 left = max(0.0, self.deadline_s - (time.monotonic() - rs.started))
             return "train", (rs, rs.tasks[cid], left)
 
-    def _due_task(self, rs: RoundState, cid: int) -> tuple[RoundState, Task] | None:
+    def _due_task(self, rs: RoundState, cid: int, flying: dict[int, int] | None = None) -> tuple[RoundState, Task] | None:
         """Asynchronous strategies: the task `cid` got in an earlier step and has not delivered yet
         (it may fetch it after that step closed, or again after a push that did not count), with a
         round state of that step. Caller holds the lock."""
-        r = self.engine.strategy.in_flight().get(cid)
+        r = (flying if flying is not None else self.engine.strategy.in_flight()).get(cid)
         if r is None or r >= rs.round or (r, cid) in self.answered or (r, cid) in self.ingest.busy:
             return None
         task = self.engine.tasks_by_round.get(r, {}).get(cid)

@@ -59,6 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients", type=int, default=100, help="fleet size (default: 100, the demo's)")
     p.add_argument("--per-round", type=int, default=10, help="clients per synchronous round = FedBuff's K (default: 10)")
     p.add_argument("--rounds", type=int, default=40, help="synchronous rounds (default: 40, the demo's)")
+    p.add_argument("--deadline-rounds", type=int, default=120,
+                   help="sync-deadline rounds (default: 120: its rounds are ~3x shorter, so it runs about as long)")
     p.add_argument("--fedbuff-steps", type=int, default=160, help="FedBuff server steps (default: 160)")
     p.add_argument("--buffer-size", type=int, default=0, help="FedBuff K (default 0: --per-round)")
     p.add_argument("--concurrency", type=int, default=20, help="FedBuff clients in flight (default: 20 = 2K)")
@@ -71,8 +73,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", default="", help="run directories (default: a temporary directory)")
     p.add_argument("--json", default="", metavar="FILE", help="write the results and curves here")
     p.add_argument("--plot", default="", metavar="PREFIX", help="PNGs PREFIX_<profile>.png (default: in --out-dir)")
-    p.add_argument("--from-json", default="", metavar="FILE",
-                   help="print the table and plots of an earlier --json (with --target: against that target)")
+    p.add_argument("--from-json", default="", metavar="FILES",
+                   help="print the table and plots of earlier --json files, merged (comma-separated; with "
+                        "--target: against that target)")
 
 
 def _list(name: str, value: str, allowed) -> list[str]:
@@ -113,7 +116,7 @@ def config_for(a: argparse.Namespace, method: str, profile: str, seed: int, out_
     if method == "sync-all":
         run = dict(strategy="fedavgm", rounds=a.rounds)
     elif method == "sync-deadline":
-        run = dict(strategy="fedavgm", rounds=a.rounds, overcommit=1.3, deadline=20.0)
+        run = dict(strategy="fedavgm", rounds=a.deadline_rounds, overcommit=1.3, deadline=20.0)
     elif method == "fedbuff":
         run = dict(strategy="fedbuff", rounds=a.fedbuff_steps, buffer_size=a.buffer_size or a.per_round,
                    concurrency=min(a.concurrency, a.clients),
@@ -190,10 +193,17 @@ def report(results: dict[str, Any], plot_prefix: str) -> list[str]:
 
 def run(a: argparse.Namespace) -> int:
     if a.from_json:
-        results = json.loads(Path(a.from_json).read_text())
-        results["curves"] = {p: {m: {int(s): c for s, c in bs.items()} for m, bs in bm.items()}
-                             for p, bm in results["curves"].items()}
-        prefix = a.plot or str(Path(a.from_json).with_suffix(""))
+        files = [f.strip() for f in a.from_json.split(",") if f.strip()]
+        results = {"target": 0.0, "curves": {}}
+        for f in files:                       # later files add (or replace) method / seed curves
+            part = json.loads(Path(f).read_text())
+            results["target"] = part.get("target", 0.0)
+            for p, bm in part["curves"].items():
+                for m, bs in bm.items():
+                    results["curves"].setdefault(p, {}).setdefault(m, {}).update({int(s): c for s, c in bs.items()})
+        for p, bm in results["curves"].items():     # methods in their usual order
+            results["curves"][p] = {m: bm[m] for m in METHODS if m in bm}
+        prefix = a.plot or str(Path(files[0]).with_suffix(""))
         if a.target:                          # the same curves against another target
             check_float("target", a.target, 0.0, 1.0)
             results["target"] = a.target
@@ -203,6 +213,7 @@ def run(a: argparse.Namespace) -> int:
         seeds = _seeds(a.seeds)
         check_int("rounds", a.rounds, 2)
         check_int("fedbuff_steps", a.fedbuff_steps, 1)
+        check_int("deadline_rounds", a.deadline_rounds, 1)
         check_float("target", a.target, 0.0, 1.0)
         out_dir = Path(a.out_dir or tempfile.mkdtemp(prefix="thinwire-bench-stragglers-"))
         out_dir.mkdir(parents=True, exist_ok=True)
