@@ -15,11 +15,17 @@ round, pushes are idempotent per (round, client, job).
 Asynchronous strategies (FedBuff) keep clients in flight across server steps: such a client may
 fetch its task and that step's model after the step closed (the broadcast of every step with work
 in flight is kept), and its push is queued for the next step instead of being answered late.
+
+One job, the served run's state as the round engine's transport, kept in one module although it
+runs past 420 lines: the round ledger, task hand-out and model cache are read under one lock by
+the gRPC handlers and written by the engine's transport methods, so splitting them would spread
+one lock's invariants over several files.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -76,6 +82,18 @@ class RoundState:
     lost_reported: set[int] = field(default_factory=set)
 
 
+ARRIVAL_ORDER_ENV = "THINWIRE_ARRIVAL_ORDER"
+
+
+def arrival_order_from_env() -> list[tuple[int, int]]:
+    """(client, round) pairs of THINWIRE_ARRIVAL_ORDER ("3:0,1:0,..."); empty when unset."""
+    value = os.environ.get(ARRIVAL_ORDER_ENV, "")
+    try:
+        return [(int(c), int(r)) for c, r in (item.split(":") for item in value.split(",") if item.strip())]
+    except ValueError:
+        raise ValueError(f"{ARRIVAL_ORDER_ENV}={value!r}; allowed: client:round pairs, comma-separated") from None
+
+
 class ParameterServer:
     """State of one served run; the gRPC servicer calls into it, the round engine drives it."""
 
@@ -122,6 +140,10 @@ class ParameterServer:
         # Asynchronous strategies: the broadcast of each step some client still trains on (it may
         # fetch its task and model after that step closed). At most one per step with work in flight.
         self._versions: dict[int, torch.Tensor] = {}
+        # Test hook (the arrival order is the one thing that differs between served and simulated
+        # runs): THINWIRE_ARRIVAL_ORDER="client:round,..." hands results to the engine in that order.
+        self._order = arrival_order_from_env()
+        self._held: dict[tuple[int, int], Arrival] = {}
         self.engine = RoundEngine(cfg, self, init_vec, evaluator=evaluator, strategy=strategy, resume=resume,
                                   checkpoints=opts.checkpoint, should_stop=self.stop_event.is_set)
         self.rounds_done = self.engine.rounds_done
@@ -318,10 +340,22 @@ class ParameterServer:
             left = (until - self.now()) * self.opts.time_scale
             if left <= 0:
                 return None
+            if self._order:                   # test hook: the next arrival of the fixed order, once it is here
+                held = self._held.pop(self._order[0], None)
+                if held is not None:
+                    self._order.pop(0)
+                    return held
             try:
-                return self.events.get(timeout=min(left, 0.05))
+                ev = self.events.get(timeout=min(left, 0.05))
             except queue.Empty:
                 continue
+            key = (ev.client_id, ev.round)
+            if self._order and key != self._order[0] and key in self._order:
+                self._held[key] = ev          # its turn comes later
+                continue
+            if self._order and key == self._order[0]:
+                self._order.pop(0)
+            return ev
         return None
 
     def _newly_lost(self, rs: RoundState | None) -> int | None:
