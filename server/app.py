@@ -11,11 +11,21 @@ Exactly-once: the checkpoint written after a round is finalized holds the model,
 the accepted (round, client) history. A crash mid-round loses only that round's partial sum; on
 `--resume` the round is redone from the checkpoint and clients re-fetch their task. Within a
 round, pushes are idempotent per (round, client, job).
+
+Asynchronous strategies (FedBuff) keep clients in flight across server steps: such a client may
+fetch its task and that step's model after the step closed (the broadcast of every step with work
+in flight is kept), and its push is queued for the next step instead of being answered late.
+
+One job, the served run's state as the round engine's transport, kept in one module although it
+runs past 420 lines: the round ledger, task hand-out and model cache are read under one lock by
+the gRPC handlers and written by the engine's transport methods, so splitting them would spread
+one lock's invariants over several files.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -72,6 +82,18 @@ class RoundState:
     lost_reported: set[int] = field(default_factory=set)
 
 
+ARRIVAL_ORDER_ENV = "THINWIRE_ARRIVAL_ORDER"
+
+
+def arrival_order_from_env() -> list[tuple[int, int]]:
+    """(client, round) pairs of THINWIRE_ARRIVAL_ORDER ("3:0,1:0,..."); empty when unset."""
+    value = os.environ.get(ARRIVAL_ORDER_ENV, "")
+    try:
+        return [(int(c), int(r)) for c, r in (item.split(":") for item in value.split(",") if item.strip())]
+    except ValueError:
+        raise ValueError(f"{ARRIVAL_ORDER_ENV}={value!r}; allowed: client:round pairs, comma-separated") from None
+
+
 class ParameterServer:
     """State of one served run; the gRPC servicer calls into it, the round engine drives it."""
 
@@ -115,6 +137,13 @@ class ParameterServer:
         self.rejected = 0
         self._blobs: dict[tuple[int, str], tuple[bytes, int, bytes]] = {}
         self._io0: tuple[dict[str, int], dict[str, int]] | None = None
+        # Asynchronous strategies: the broadcast of each step some client still trains on (it may
+        # fetch its task and model after that step closed). At most one per step with work in flight.
+        self._versions: dict[int, torch.Tensor] = {}
+        # Test hook (the arrival order is the one thing that differs between served and simulated
+        # runs): THINWIRE_ARRIVAL_ORDER="client:round,..." hands results to the engine in that order.
+        self._order = arrival_order_from_env()
+        self._held: dict[tuple[int, int], Arrival] = {}
         self.engine = RoundEngine(cfg, self, init_vec, evaluator=evaluator, strategy=strategy, resume=resume,
                                   checkpoints=opts.checkpoint, should_stop=self.stop_event.is_set)
         self.rounds_done = self.engine.rounds_done
@@ -166,21 +195,26 @@ class ParameterServer:
                 if self.engine.finished:
                     self.finished = True
                 self.cv.notify_all()
+            while True:                       # async strategies leave pushes queued across steps: the run is over
+                try:
+                    self.events.get_nowait().answer("late", "the run finished before this update was taken")
+                except queue.Empty:
+                    break
 
     # -- model ----------------------------------------------------------------------------------
     def model_blob(self, version: int, codec_spec: str) -> tuple[bytes, int, bytes, int]:
         """(Encoded bytes, header size, body sha256, version) of the round's broadcast model;
         cached, so all downloads of one version share one copy."""
         with self.lock:
-            if version not in (-1, self.rounds_done):
+            if version not in (-1, self.rounds_done) and version not in self._versions:
                 raise WireError("FAILED_PRECONDITION",
                                 f"model version {version} is not available (current version {self.rounds_done})")
-            version = self.rounds_done
+            version = self.rounds_done if version == -1 else version
             key = (version, codec_spec or "identity")
             hit = self._blobs.get(key)
             if hit is not None:
                 return (*hit, version)
-            vec = self._broadcast
+            vec = self._broadcast if version == self.rounds_done else self._versions[version]
         try:
             codec = compression.from_spec(codec_spec or "identity")
         except ValueError as e:
@@ -213,6 +247,10 @@ class ParameterServer:
             skip = set(unknown)
             tasks = [(cid, (rs, rs.tasks[cid], left)) for cid in ids
                      if cid in rs.tasks and cid not in skip and (rs.round, cid) not in self.answered]
+            if self.engine.strategy.spans_steps:
+                flying = self.engine.strategy.in_flight()
+                tasks += [(cid, (*due, left)) for cid in ids if cid in flying and cid not in rs.tasks and cid not in skip
+                          for due in [self._due_task(rs, cid, flying)] if due is not None]
         return unknown, tasks, False
 
     def task_for(self, cid: int) -> tuple[str, Any]:
@@ -223,6 +261,9 @@ class ParameterServer:
             rs = self.round_state
             if rs is None or not rs.open:
                 return "wait", f"no round open (next round {self.current_round})"
+            due = self._due_task(rs, cid) if self.engine.strategy.spans_steps and cid not in rs.tasks else None
+            if due is not None:
+                return "train", (*due, 0.0)
             if cid not in rs.tasks:
                 return "wait", f"client {cid} not selected for round {rs.round}"
             if (rs.round, cid) in self.answered:
@@ -231,6 +272,16 @@ class ParameterServer:
             if self.cfg.deadline > 0:
                 left = max(0.0, self.deadline_s - (time.monotonic() - rs.started))
             return "train", (rs, rs.tasks[cid], left)
+
+    def _due_task(self, rs: RoundState, cid: int, flying: dict[int, int] | None = None) -> tuple[RoundState, Task] | None:
+        """Asynchronous strategies: the task `cid` got in an earlier step and has not delivered yet
+        (it may fetch it after that step closed, or again after a push that did not count), with a
+        round state of that step. Caller holds the lock."""
+        r = (flying if flying is not None else self.engine.strategy.in_flight()).get(cid)
+        if r is None or r >= rs.round or (r, cid) in self.answered or (r, cid) in self.ingest.busy:
+            return None
+        task = self.engine.tasks_by_round.get(r, {}).get(cid)
+        return None if task is None else (RoundState(r, [cid], rs.started, {cid: task}), task)
 
     @property
     def deadline_s(self) -> float:
@@ -244,8 +295,12 @@ class ParameterServer:
             self.round_state = None
             self._broadcast = self.engine.global_vec
             self._blobs.clear()
-            for key in [k for k in self.answered if k[0] < rnd - self.engine.strategy.max_delay]:
+            spans = self.engine.strategy.spans_steps
+            for key in [k for k in self.answered if k[0] < rnd - self.engine.strategy.max_delay
+                        or (spans and k[0] < rnd - 1 and k[0] not in self.engine.tasks_by_round)]:
                 del self.answered[key]
+            for r in [r for r in self._versions if r not in self.engine.tasks_by_round]:
+                del self._versions[r]
             self.cv.notify_all()
         need = self.engine.policy.n_select
         t_end = time.monotonic() + self.opts.join_wait
@@ -264,6 +319,8 @@ class ParameterServer:
         with self.cv:
             self._broadcast = vec.detach().float().reshape(-1)
             self._blobs.clear()
+            if self.engine.strategy.spans_steps:
+                self._versions[rnd] = self._broadcast
             self._io0 = (self.up.snapshot(), self.down.snapshot())
             self.round_state = RoundState(rnd, sorted(tasks), time.monotonic(), tasks)
             self.cv.notify_all()
@@ -283,10 +340,22 @@ class ParameterServer:
             left = (until - self.now()) * self.opts.time_scale
             if left <= 0:
                 return None
+            if self._order:                   # test hook: the next arrival of the fixed order, once it is here
+                held = self._held.pop(self._order[0], None)
+                if held is not None:
+                    self._order.pop(0)
+                    return held
             try:
-                return self.events.get(timeout=min(left, 0.05))
+                ev = self.events.get(timeout=min(left, 0.05))
             except queue.Empty:
                 continue
+            key = (ev.client_id, ev.round)
+            if self._order and key != self._order[0] and key in self._order:
+                self._held[key] = ev          # its turn comes later
+                continue
+            if self._order and key == self._order[0]:
+                self._order.pop(0)
+            return ev
         return None
 
     def _newly_lost(self, rs: RoundState | None) -> int | None:
@@ -296,8 +365,11 @@ class ParameterServer:
             return None
         now = time.monotonic()
         with self.lock:                       # only the selected clients: cost flat in idle clients
-            for c in rs.selected:
-                if (not self.members.is_alive(c, now) and (rs.round, c) not in self.ingest.busy and (rs.round, c) not in self.answered
+            due = [(rs.round, c) for c in rs.selected]
+            if self.engine.strategy.spans_steps:   # and those still working on a task of an earlier step
+                due += [(r, c) for c, r in self.engine.strategy.in_flight().items() if r < rs.round]
+            for r, c in due:
+                if (not self.members.is_alive(c, now) and (r, c) not in self.ingest.busy and (r, c) not in self.answered
                         and c not in rs.lost_reported):
                     rs.lost_reported.add(c)
                     return c
@@ -310,14 +382,16 @@ class ParameterServer:
             if rs is not None:
                 rs.open = False
             self.cv.notify_all()
-        while True:                           # pushes that raced the close: late
+        spans = self.engine.strategy.spans_steps
+        while not spans:                      # pushes that raced the close: late (async: the next step takes them)
             try:
                 ev = self.events.get_nowait()
             except queue.Empty:
                 break
             ev.answer("late", "the round closed before this update was taken")
         self.ingest.budget.clear_pool()       # idle until the next round; finalize needs the room
-        self.ingest.drop_round(rnd)
+        for r in ([rnd] if not spans else {k[0] for k in self.ingest.partial if k[0] not in self.engine.tasks_by_round}):
+            self.ingest.drop_round(r)
         held = self.ingest.budget.snapshot()  # after this round's partial buffers were dropped
         up0, down0 = self._io0 or (self.up.snapshot(), self.down.snapshot())
         up1, down1 = self.up.snapshot(), self.down.snapshot()

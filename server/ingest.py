@@ -84,6 +84,9 @@ class PushIngest:
         rs = self.ps.round_state
         if rs is not None and rnd == rs.round:
             return rs.tasks.get(cid)
+        strategy = self.ps.engine.strategy
+        if strategy.spans_steps:       # asynchronous: an earlier step's task is due until it delivers
+            return self.ps.engine.tasks_by_round.get(rnd, {}).get(cid) if strategy.in_flight().get(cid) == rnd else None
         if rs is not None and rs.open and 0 < rs.round - rnd <= self.ps.engine.strategy.max_delay:
             return self.ps.engine.tasks_by_round.get(rnd, {}).get(cid)
         return None
@@ -107,7 +110,7 @@ class PushIngest:
                     raise WireError("FAILED_PRECONDITION", f"client {cid} was not selected for round {rnd}")
                 what = "is closed" if rnd < cur else "has not started"
                 raise WireError("FAILED_PRECONDITION", f"round {rnd} {what} (current round {cur})")
-            if not rs.open:
+            if not self.ps.engine.strategy.spans_steps and not rs.open:
                 raise WireError("FAILED_PRECONDITION", f"round {rnd} is closed")
             if header.model_version != rnd:
                 raise WireError("FAILED_PRECONDITION", f"update was trained on model version {header.model_version}, "
@@ -176,7 +179,8 @@ class PushIngest:
             with self.ps.lock:
                 self.partial.pop(key, None)
                 task = self._task_of(rnd, cid)
-                still_open = task is not None and self.ps.round_state is not None and self.ps.round_state.open
+                still_open = task is not None and (self.ps.engine.strategy.spans_steps or (
+                    self.ps.round_state is not None and self.ps.round_state.open))
             try:
                 if not still_open:
                     verdict, message = "late", ""

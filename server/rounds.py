@@ -169,13 +169,18 @@ class RoundEngine:
         selected = sorted(strategy.select(rnd, candidates, self.policy))
         tasks = {cid: strategy.configure_client(rnd, cid) for cid in selected}
         self.tasks_by_round[rnd] = tasks
-        for old in [r for r in self.tasks_by_round if r < rnd - strategy.max_delay]:
+        flying = strategy.in_flight() if strategy.spans_steps else {}    # asynchronous: work spanning steps
+        for old in [r for r in self.tasks_by_round if r < rnd - strategy.max_delay
+                    or (strategy.spans_steps and r < rnd and r not in set(flying.values()))]:
             del self.tasks_by_round[old]
+        if strategy.spans_steps:
+            self.delayed_done = {k for k in self.delayed_done if k[0] in self.tasks_by_round}
         strategy.begin_round(rnd, self.global_vec)
         self.transport.open_round(rnd, strategy.broadcast(rnd, self.global_vec), tasks)
         log.info("round %d: selected %s", rnd, selected)
 
-        view = RoundView(round=rnd, selected=selected, arrived={}, per_round=self.policy.per_round)
+        view = RoundView(round=rnd, selected=selected, arrived={}, per_round=self.policy.per_round,
+                         carried={c: r for c, r in flying.items() if r < rnd and c in self.tasks_by_round.get(r, {})})
         deadline = self.policy.deadline if self.policy.deadline > 0 else math.inf
         rejected = delayed = holes = 0
         while True:
@@ -193,6 +198,8 @@ class RoundEngine:
                 continue
             if isinstance(ev, Lost):
                 view.lost.add(ev.client_id)
+                if ev.client_id in view.selected or ev.client_id in view.carried:
+                    strategy.lost(ev.client_id)
                 continue
             verdict = self._take(ev, rnd, view)
             rejected += verdict == "refused"
@@ -200,8 +207,9 @@ class RoundEngine:
             holes += len(ev.holes) if verdict == "accepted" else 0
         round_time = min(view.now, deadline)
         io = self.transport.close_round(rnd, keep_late=strategy.max_delay > 0)
-        accepted = sorted(view.arrived, key=lambda c: (view.arrived[c], c))
-        if self.policy.enough(len(accepted)):
+        arrivals = {**view.late, **view.arrived}          # results of earlier rounds (delayed, async) too
+        accepted = sorted(arrivals, key=lambda c: (arrivals[c], c))
+        if self.policy.enough(len(view.arrived) + delayed):
             new_vec, agg = strategy.finalize()
         else:
             strategy.finalize()
@@ -228,8 +236,9 @@ class RoundEngine:
             crash_point("after_fold", ev.round)
         except ValueError as e:
             ev.answer("refused", str(e))
-            if self.transport.refusal_is_final and current:
+            if self.transport.refusal_is_final and (current or (delayed_ok and ev.client_id in view.carried)):
                 view.lost.add(ev.client_id)
+                self.strategy.lost(ev.client_id)
             return "refused"
         finally:
             tensors = encoded = None    # a decoded tensor may view the sender's buffer: drop it before replying
@@ -237,6 +246,7 @@ class RoundEngine:
             view.arrived[ev.client_id] = ev.time
         else:
             self.delayed_done.add(key)
+            view.late[ev.client_id] = ev.time
         ev.answer("accepted", "")
         return "accepted"
 
@@ -253,7 +263,7 @@ class RoundEngine:
             "selected": len(selected),
             "accepted": len(accepted),
             "accepted_clients": accepted,
-            "dropped_clients": [c for c in selected if c not in accepted],
+            "dropped_clients": [c for c in selected if c not in accepted and c not in self.strategy.in_flight()],
             "delayed_accepted": delayed,
             "stragglers": io.get("stragglers", []),
             "bytes_up": io.get("bytes_up", 0),

@@ -80,7 +80,7 @@ class Servicer(pb2_grpc.ParameterServerServicer):
         return min(0.5, self.ps.opts.heartbeat_interval)
 
     def _train_reply(self, cid: int, rs, task, left: float):
-        return pb2.TaskReply(action=pb2.TaskReply.TRAIN, round=rs.round, model_version=self.ps.rounds_done,
+        return pb2.TaskReply(action=pb2.TaskReply.TRAIN, round=rs.round, model_version=rs.round,
                              codec=task.codec, seed=task.seed, task_json=json.dumps(task.to_dict()),
                              model_numel=self.ps.numel, deadline_s=left, client_id=cid)
 

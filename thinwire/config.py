@@ -192,6 +192,11 @@ class RunConfig:
     ntk_subsample: float = _f(1.0, "CP-NTK-FL fraction of each client's samples used")
     ntk_shuffle: bool = _f(False, "CP-NTK-FL: permute per-sample rows across clients before the strategy sees them")
     ntk_max_samples: int = _f(8192, "NTK-FL refuses rounds with more pooled samples N (the kernel is N x N)")
+    # -- buffered asynchronous aggregation, FedBuff (issue 22): --strategy fedbuff
+    concurrency: int = _f(0, "fedbuff: clients training at the same time (0 = 2 x the buffer size)")
+    buffer_size: int = _f(0, "fedbuff: results folded per server step, K (0 = --per-round); 1 = FedAsync")
+    staleness: str = _f("polynomial:0.5", "fedbuff: weight of a result s server steps stale: constant (1), "
+                        "polynomial:a (1/(1+s)^a) or hinge:a,b (1 for s <= b, else 1/(a(s-b)+1))")
     # compression
     codec: str = _f("identity", "update codec NAME[:key=value,...], e.g. eden:bits=2, randblock:ratio=64",
                     choices=lambda: _codec_names())
@@ -321,6 +326,8 @@ class RunConfig:
         check_int("workers", self.workers, 0)
         self._validate_sgc()
         self._validate_trust()
+
+        self._validate_fedbuff()
         if self.tensorboard:
             from thinwire.metrics import TENSORBOARD_MISSING, tensorboard_available
             if not tensorboard_available():
@@ -371,6 +378,13 @@ class RunConfig:
     def _validate_state_store(self) -> None:
         check_choice("state_store", self.state_store, STATE_STORES)
         check_choice("state_dtype", self.state_dtype, STATE_DTYPES)
+
+    def _validate_fedbuff(self) -> None:
+        """FedBuff settings (issue 22); the staleness spec is parsed by the strategy's own parser."""
+        check_int("concurrency", self.concurrency, 0)
+        check_int("buffer_size", self.buffer_size, 0)
+        from thinwire.server.strategy.fedbuff import check_config
+        check_config(self)
 
     def _validate_ntk(self) -> None:
         check_choice("ntk_loss", self.ntk_loss, NTK_LOSSES)

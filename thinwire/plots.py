@@ -165,3 +165,26 @@ def plot_decentralized(history: Sequence[dict[str, Any]], out: Path, title: str 
     ax.set_xlabel("epoch")
     ax.set_ylabel("consensus error sum_i ||x_i - x-bar||^2")
     return [*paths, _save(fig, ax, Path(out) / "consensus_vs_epoch.png", title)]
+
+
+def plot_time_to_accuracy(curves: dict[str, dict[int, Sequence[tuple[float, float]]]], out: Path, *,
+                          title: str = "", target: float | None = None) -> Path:
+    """`thinwire bench stragglers`: accuracy vs simulated time, one colour per method, one line
+    style per seed (curves: method -> seed -> [(time, accuracy)])."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, (method, by_seed) in enumerate(curves.items()):
+        for j, (seed, pts) in enumerate(sorted(by_seed.items())):
+            ax.plot([t for t, _ in pts], [a for _, a in pts], color=f"C{i}", lw=1.0, ls=("-", "--", ":", "-.")[j % 4],
+                    label=f"{method}" + (f" (seed {seed})" if len(by_seed) > 1 else ""))
+    if target is not None:
+        ax.axhline(target, color="grey", ls="--", lw=0.8)
+    ax.set_xlabel("simulated time (s)")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=6, ncol=2)
+    return _save(fig, ax, out, title)

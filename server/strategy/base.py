@@ -40,10 +40,13 @@ class RoundView:
     lost: set[int] = field(default_factory=set)
     now: float = 0.0
     per_round: int = 1
+    carried: dict[int, int] = field(default_factory=dict)   # started in an earlier step, still due: client -> round
+    late: dict[int, float] = field(default_factory=dict)    # results of earlier rounds accepted this round
 
     @property
     def outstanding(self) -> list[int]:
-        return [c for c in self.selected if c not in self.arrived and c not in self.lost]
+        return [c for c in self.selected if c not in self.arrived and c not in self.lost] + \
+            [c for c in self.carried if c not in self.late and c not in self.lost]
 
 
 class Strategy:
@@ -52,6 +55,9 @@ class Strategy:
     name = "base"
     #: accept results of jobs up to this many rounds old (delayed jobs, gradient coding)
     max_delay = 0
+    #: asynchronous strategies (FedBuff): a client's work may span several rounds (server steps);
+    #: the engine keeps the clients `in_flight()` reports open across rounds until they deliver
+    spans_steps = False
 
     def __init__(self, cfg=None) -> None:
         self.cfg = cfg
@@ -111,6 +117,13 @@ class Strategy:
 
     def finalize(self) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
+
+    def in_flight(self) -> dict[int, int]:
+        """Clients still working on a task (client -> its round), for `spans_steps` strategies."""
+        return {}
+
+    def lost(self, client_id: int) -> None:
+        """A client's task will not deliver (the client is gone, or its result was refused for good)."""
 
     def evaluate_vec(self, global_vec: torch.Tensor) -> torch.Tensor:
         """The flat model to evaluate after a round (default: the global vector)."""

@@ -27,6 +27,9 @@ BENCHES: dict[str, tuple[str, str]] = {
               "secure-aggregation bytes and exactness"),
 
     "store": ("thinwire.bench.store", "client state store at model size: GB/s read and written, peak RSS, exactness"),
+
+    "stragglers": ("thinwire.bench.stragglers", "FedAvg (all / deadline + over-commit) vs FedBuff vs M-SGC: "
+                   "simulated time and bytes to accuracy per fault profile"),
 }
 
 

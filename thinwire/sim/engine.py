@@ -108,6 +108,10 @@ class SimTransport:
         self._round = 0
         self._io: dict[str, Any] = {}
         self._pending: set[int] = set()
+        # A client's new state (error-feedback residual) is its own once its result is delivered (or
+        # dropped as late): until then it is kept here, so a checkpoint never holds the residual of
+        # work still in flight (asynchronous strategies redo that work after a resume).
+        self._unsettled: dict[int, tuple[int, Any]] = {}     # client -> (round, state) of its latest task
 
     def candidates(self, rnd: int) -> list[int]:
         return list(range(self.cfg.clients))
@@ -116,7 +120,7 @@ class SimTransport:
         net = self.net
         self._round, self._now = rnd, 0.0
         down_bytes = compression.get("identity").encode(vec).nbytes
-        results = self.pool.run(vec, [(tasks[c].to_dict(), self.store.get(c)) for c in sorted(tasks)])
+        results = self.pool.run(vec, [(tasks[c].to_dict(), self._state_of(c)) for c in sorted(tasks)])
         io = {"bytes_up": 0, "bytes_down": 0, "payload_up": 0, "payload_down": 0, "dropped_chunks": 0, "retransmitted_chunks": 0,
               "stragglers": [c for c in sorted(tasks) if net.straggler_factor(c, rnd) > 1.0]}
         arrivals = []
@@ -125,7 +129,7 @@ class SimTransport:
             comp = net.compute_time(r.client_id, rnd, r.work)
             up = (net.upload(r.client_id, rnd, len(r.payload), r.header_size) if self.holes_ok
                   else net.transfer(r.client_id, rnd, len(r.payload), "up", r.header_size, policy="retransmit"))
-            self.store.put(r.client_id, r.state)
+            self._unsettled[r.client_id] = (r.round, r.state)
             holes = net.holes(up)
             io["bytes_up"] += up.wire_bytes
             io["bytes_down"] += down.wire_bytes
@@ -136,7 +140,7 @@ class SimTransport:
             arrivals.append(Arrival(client_id=r.client_id, round=r.round, job=r.job, payload=r.payload,
                                     scalars=r.scalars, time=down.time_s + comp + up.time_s, holes=holes))
         self._io = io
-        self._pending = set(tasks)
+        self._pending = set(tasks) | {a.client_id for a in self._carry}
         self._queue = sorted(self._carry + arrivals, key=lambda a: (a.time, a.client_id))
         self._carry = []
 
@@ -147,8 +151,8 @@ class SimTransport:
         if self._queue and self._queue[0].time <= until:
             a = self._queue.pop(0)
             self._now = max(self._now, a.time)
-            if a.round == self._round:
-                self._pending.discard(a.client_id)
+            self._pending.discard(a.client_id)
+            self._settle(a)
             return a
         if math.isinf(until):
             if self._pending:                  # nothing left that could arrive (should not happen)
@@ -159,11 +163,24 @@ class SimTransport:
 
     def close_round(self, rnd: int, keep_late: bool) -> dict[str, Any]:
         """The round's I/O: every selected client downloaded and uploaded (late ones too)."""
-        late = [a for a in self._queue if a.round == rnd]
-        if keep_late:                          # delayed jobs: they keep arriving in the next round
-            self._carry = [replace(a, time=a.time - self._now) for a in late]
+        if keep_late:                          # delayed jobs / async work: they keep arriving in the next round
+            self._carry = [replace(a, time=a.time - self._now) for a in self._queue]
+        else:
+            for a in self._queue:
+                self._settle(a)
         self._queue = []
         return dict(self._io)
+
+    def _state_of(self, cid: int):
+        pending = self._unsettled.get(cid)
+        return pending[1] if pending is not None else self.store.get(cid)
+
+    def _settle(self, a: Arrival) -> None:
+        """The client's state after the task of `a` becomes its own (unless a later task replaced it)."""
+        pending = self._unsettled.get(a.client_id)
+        if pending is not None and pending[0] == a.round:
+            self.store.put(a.client_id, pending[1])
+            del self._unsettled[a.client_id]
 
     def state_dict(self) -> dict[str, Any]:
         return {"store": self.store.state_dict()}
