@@ -326,7 +326,6 @@ class RunConfig:
         check_int("workers", self.workers, 0)
         self._validate_sgc()
         self._validate_trust()
-
         self._validate_fedbuff()
         if self.tensorboard:
             from thinwire.metrics import TENSORBOARD_MISSING, tensorboard_available
