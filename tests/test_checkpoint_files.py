@@ -5,7 +5,7 @@ file; `thinwire simulate --resume` and `thinwire server --resume` exit 2 with th
 the run directory exactly as it was; a good checkpoint then still resumes."""
 from __future__ import annotations
 
-import shutil
+import os
 
 import pytest
 import torch
@@ -13,6 +13,7 @@ import torch
 from thinwire import checkpoint
 from thinwire.checkpoint import CHECKPOINT, CheckpointError
 from thinwire.errors import ConfigError
+from thinwire.rundir import DiskFull, appending
 
 
 def _state(n: int = 4096) -> dict:
@@ -103,6 +104,10 @@ def test_another_engines_or_foreign_file_is_refused(tmp_path):
         checkpoint.load(tmp_path, kind="simulate", required=("round",))
     torch.save(torch.zeros(3), tmp_path / CHECKPOINT)
     with pytest.raises(CheckpointError, match=r"is not a thinwire checkpoint \(it holds a Tensor"):
+        checkpoint.load(tmp_path)
+    import numpy as np
+    torch.save({"round": 1, "global": np.zeros(3)}, tmp_path / CHECKPOINT)
+    with pytest.raises(CheckpointError, match=r"is not a thinwire checkpoint \(it holds Python objects"):
         checkpoint.load(tmp_path)
     (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint at all, just text\n" * 3)
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
@@ -204,3 +209,22 @@ def test_resume_from_a_broken_checkpoint_exits_2_and_leaves_the_run_alone(tmp_pa
         assert checkpoint.load(run)["round"] == 2
     finally:
         ray.shutdown()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux) for a real ENOSPC")
+def test_appends_cut_back_on_a_full_disk(tmp_path):
+    """A full disk in the middle of a round's log appends: the files are cut back to where they
+    were (a later --resume reads them) and the error is one line naming the file."""
+    metrics, accepted = tmp_path / "metrics.jsonl", tmp_path / "accepted.jsonl"
+    metrics.write_text('{"round": 0}\n')
+    with pytest.raises(DiskFull) as e:
+        with appending(metrics, accepted):
+            with metrics.open("a") as f:
+                f.write('{"round": 1, "acc')              # half a line reached the disk ...
+            accepted.write_text("x")
+            with open("/dev/full", "w") as f:               # ... then the device is full (real ENOSPC)
+                f.write("y" * 10)
+                f.flush()
+    assert metrics.read_text() == '{"round": 0}\n' and not accepted.exists()
+    assert e.value.field == "out_dir" and "\n" not in str(e.value)
+    assert str(e.value).startswith(f"out_dir: no space left on device writing {str(tmp_path)!r}")

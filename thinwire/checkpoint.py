@@ -106,6 +106,9 @@ def load(run_dir: str | os.PathLike, *, kind: str | None = None, required: Itera
         # Our own file (never received over the network); weights_only keeps loading safe.
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:     # torch raises RuntimeError / UnpicklingError / EOFError / ... for bad bytes
+        if "Weights only load failed" in str(e) and "Unsupported global" in str(e):
+            raise CheckpointError(path, "is not a thinwire checkpoint (it holds Python objects, not only tensors "
+                                        "and plain values)") from None
         raise CheckpointError(path, f"is truncated or corrupt (torch cannot load it: {_first_line(e)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(path, f"is not a thinwire checkpoint (it holds a {type(obj).__name__}, not a dict)")

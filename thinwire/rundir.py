@@ -69,7 +69,7 @@ def appending(*files: Path) -> Iterator[None]:
                     os.truncate(f, size)
             except OSError:
                 pass
-        raise DiskFull(e.filename or next(iter(sizes), "out_dir")) from None
+        raise DiskFull(e.filename or (next(iter(sizes)).parent if sizes else "out_dir")) from None
 
 
 
