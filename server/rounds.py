@@ -25,10 +25,10 @@ import torch
 from thinwire import checkpoint
 from thinwire.config import RunConfig, to_dict, write_resolved_config
 from thinwire.faults.crash import crash_point
-from thinwire.errors import ConfigError
+from thinwire.errors import ConfigError, UserError
 from thinwire.metrics import MetricsWriter, read_metrics
-from thinwire.rundir import appending, make_dir
-from thinwire.task import Task, decode_result
+from thinwire.rundir import appending, check_resume_settings, make_dir
+from thinwire.task import Task, decode_result_split
 
 from thinwire.server.driver import RoundPolicy
 from thinwire.server.strategy import Result, RoundView, Strategy
@@ -129,6 +129,8 @@ class RoundEngine:
                 self.rounds_done = int(ckpt["round"]) + 1
                 self.history = list(ckpt["history"])
                 self.totals.update(ckpt["totals"])
+            except UserError:                   # already one line (e.g. the store's client state files are missing)
+                raise
             except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
                 raise checkpoint.CheckpointError(self.run_dir / checkpoint.CHECKPOINT,
                                                  f"does not fit this run ({type(e).__name__}: {e})") from None
@@ -231,9 +233,10 @@ class RoundEngine:
             return "late"
         task = self.tasks_by_round[ev.round][ev.client_id]
         try:
-            tensors = decode_result(ev.payload, task, self.transport.segments, ev.holes)
+            tensors, encoded = decode_result_split(ev.payload, task, self.transport.segments, ev.holes,
+                                                   keep_encoded=self.strategy.folds_encoded)
             self.strategy.accept(Result(client_id=ev.client_id, round=ev.round, job=ev.job, task=task,
-                                        tensors=tensors, scalars=dict(ev.scalars), time=ev.time))
+                                        tensors=tensors, scalars=dict(ev.scalars), time=ev.time, encoded=encoded))
             crash_point("after_fold", ev.round)
         except ValueError as e:
             ev.answer("refused", str(e))
@@ -241,7 +244,7 @@ class RoundEngine:
                 view.lost.add(ev.client_id)
             return "refused"
         finally:
-            tensors = None      # a decoded tensor may view the sender's buffer: drop it before replying
+            tensors = encoded = None    # a decoded tensor may view the sender's buffer: drop it before replying
         if current:
             view.arrived[ev.client_id] = ev.time
         else:
@@ -325,24 +328,17 @@ def load_resume_checkpoint(run_dir: Path, cfg: RunConfig, kind: str, *, checkpoi
             raise checkpoint.CheckpointError(path, "is missing, yet metrics.jsonl holds finished rounds "
                                                    "(was it deleted or moved?); refusing to restart from round 0")
         return None
-    check_resume_config(ckpt.get("config"), to_dict(cfg), source=path)
+    try:
+        check_resume_config(ckpt.get("config"), to_dict(cfg))
+    except ConfigError as e:            # the same line, naming the file
+        detail = e.problem.removeprefix("the run directory was made with ")
+        raise checkpoint.CheckpointError(path, f"was written by a run with {detail}", e.allowed) from None
     return ckpt
 
 
-def check_resume_config(stored: dict[str, Any] | None, current: dict[str, Any], source: Path | None = None) -> None:
+def check_resume_config(stored: dict[str, Any] | None, current: dict[str, Any]) -> None:
     """Refuse to resume a run directory under different settings; names the fields that differ."""
-    if stored is None:
-        return
-    diff = sorted(k for k in set(stored) | set(current)
-                  if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
-    if diff:
-        detail = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in diff[:6])
-        allowed = ("the same settings (only " + ", ".join(sorted(RESUMABLE_CHANGES)) + " may change), "
-                   "or a new --name / out-dir")
-        more = ", ..." if len(diff) > 6 else ""
-        if source is not None:
-            raise checkpoint.CheckpointError(source, f"was written by a run with other settings ({detail}{more})", allowed)
-        raise ConfigError("resume", f"the run directory was made with other settings ({detail}{more})", allowed)
+    check_resume_settings(stored, current, RESUMABLE_CHANGES)
 
 
 def summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
@@ -362,6 +358,9 @@ def summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
         "hole_chunks": sum(m["hole_chunks"] for m in metrics),
         "retransmitted_chunks": sum(m["retransmitted_chunks"] for m in metrics),
         "rejected_pushes": sum(m["rejected_pushes"] for m in metrics),
+        # trust in aggregation (issue 23): the privacy spent so far, updates the norm bound refused
+        **({"dp_epsilon": last["dp_epsilon"], "dp_delta": last["dp_delta"]} if "dp_epsilon" in last else {}),
+        **({"norm_rejected": sum(m.get("norm_rejected", 0) for m in metrics)} if "norm_rejected" in last else {}),
     }
 
 

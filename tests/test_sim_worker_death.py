@@ -72,11 +72,24 @@ def test_killed_worker_actor_is_replaced_and_the_run_is_bit_identical(tmp_path):
     a, b = checkpoint.load(clean.run_dir), checkpoint.load(killed.run_dir)
     assert a["global"].equal(b["global"])
     # the residuals of every client (the store) are the same as without the kill
-    sa, sb = a["clients"]["store"], b["clients"]["store"]
+    sa, sb = _client_states(clean.run_dir, a), _client_states(killed.run_dir, b)
     assert sorted(sa) == sorted(sb) and len(sa) == 8
     for c in sa:
-        for name, mem in sa[c]["memory"].items():
-            assert mem["residual"].equal(sb[c]["memory"][name]["residual"]), (c, name)
+        assert sa[c].memory and sorted(sa[c].memory) == sorted(sb[c].memory)
+        for name, mem in sa[c].memory.items():
+            assert mem["residual"].equal(sb[c].memory[name]["residual"]), (c, name)
+
+
+def _client_states(run_dir, ckpt):
+    """Every client's state as the checkpoint's store snapshot names it (files or in memory)."""
+    from thinwire.sim.store import ClientStateStore
+
+    snap = ckpt["clients"]["store"]
+    file_backed = isinstance(snap, dict) and "format" in snap
+    store = ClientStateStore(run_dir / "client-state" if file_backed else None)
+    store.load_state_dict(snap)
+    ids = snap["clients"] if file_backed else snap
+    return {int(c): store.get(int(c)) for c in ids}
 
 
 KILLER = textwrap.dedent('''
