@@ -25,8 +25,9 @@ import torch
 from thinwire import checkpoint
 from thinwire.config import RunConfig, to_dict, write_resolved_config
 from thinwire.faults.crash import crash_point
-from thinwire.metrics import MetricsWriter
-from thinwire.rundir import check_resume_settings, make_dir
+from thinwire.errors import ConfigError, UserError
+from thinwire.metrics import MetricsWriter, read_metrics
+from thinwire.rundir import appending, check_resume_settings, make_dir
 from thinwire.task import Task, decode_result_split
 
 from thinwire.server.driver import RoundPolicy
@@ -114,20 +115,31 @@ class RoundEngine:
         self.delayed_done: set[tuple[int, int, int]] = set()   # (round, client, job) accepted late
         self.tasks_by_round: dict[int, dict[int, Task]] = {}
         self.resumed_from: int | None = None
-        ckpt = checkpoint.load(self.run_dir) if resume else None
+        self.checkpoint_kind = checkpoint_kind(transport)
+        ckpt = load_resume_checkpoint(self.run_dir, cfg, self.checkpoint_kind, checkpoints=checkpoints) if resume else None
         if resume and ckpt is None:
             log.info("--resume: no checkpoint in %s yet; starting at round 0", self.run_dir)
         if ckpt is not None:
-            check_resume_config(ckpt.get("config"), to_dict(cfg))
-            self.global_vec = ckpt["global"].float()
-            self.strategy.load_state_dict(ckpt["strategy"])
-            transport.load_state_dict(ckpt.get("clients", {}))
-            self.rounds_done = int(ckpt["round"]) + 1
-            self.history = list(ckpt["history"])
-            self.totals.update(ckpt["totals"])
+            try:                                # a verified file whose contents still do not fit (e.g. another model)
+                if ckpt["global"].numel() != self.global_vec.numel():
+                    raise ValueError(f"its model has {ckpt['global'].numel()} parameters, this run's {self.global_vec.numel()}")
+                self.global_vec = ckpt["global"].float().reshape(-1)
+                self.strategy.load_state_dict(ckpt["strategy"])
+                transport.load_state_dict(ckpt.get("clients", {}))
+                self.rounds_done = int(ckpt["round"]) + 1
+                self.history = list(ckpt["history"])
+                self.totals.update(ckpt["totals"])
+            except UserError:                   # already one line (e.g. the store's client state files are missing)
+                raise
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+                raise checkpoint.CheckpointError(self.run_dir / checkpoint.CHECKPOINT,
+                                                 f"does not fit this run ({type(e).__name__}: {e})") from None
             self.resumed_from = self.rounds_done
         self.writer = MetricsWriter(self.run_dir, resume_after=self.rounds_done - 1 if ckpt is not None else None,
                                     tensorboard=getattr(cfg, "tensorboard", False))
+        if ckpt is not None and ckpt.get("row") and not any(
+                r.get("round") == ckpt["round"] for r in (read_metrics(self.writer.path) if self.writer.path.exists() else [])):
+            self.writer.write(ckpt["row"])      # the checkpointed round's row, lost to a crash or full disk
         (self.run_dir / ACCEPTED_LOG).write_text("".join(json.dumps(h) + "\n" for h in self.history))
         write_resolved_config(self.run_dir, cfg)
         self.t0 = time.perf_counter()
@@ -292,19 +304,48 @@ class RoundEngine:
             checkpoint.save(self.run_dir, {
                 "round": rnd, "global": self.global_vec, "strategy": self.strategy.state_dict(),
                 "clients": self.transport.state_dict(), "history": history, "config": to_dict(cfg),
-                "totals": {**self.totals, "wall": row["wall_time"]}})
+                "totals": {**self.totals, "wall": row["wall_time"]}, "row": json.loads(json.dumps(row))}, kind=self.checkpoint_kind)
         # Only after the checkpoint commits does the round exist: logs follow it, never lead it.
         self.history = history
         self.rounds_done = rnd + 1
-        self.writer.write(row)
-        with (self.run_dir / ACCEPTED_LOG).open("a") as f:
-            f.write(json.dumps({"round": rnd, "accepted": accepted}) + "\n")
+        with appending(self.writer.path, self.run_dir / ACCEPTED_LOG):   # full disk: no torn line
+            self.writer.write(row)
+            with (self.run_dir / ACCEPTED_LOG).open("a") as f:
+                f.write(json.dumps({"round": rnd, "accepted": accepted}) + "\n")
         self.metrics.append(row)
         log.info("round %d closed: accepted %s in %.2fs acc=%s", rnd, accepted, round_time, row.get("accuracy"))
         return row
 
 
 # -- run files ------------------------------------------------------------------------------------
+CHECKPOINT_KEYS = ("round", "global", "strategy", "clients", "history", "config", "totals")
+
+
+def checkpoint_kind(transport: Transport) -> str:
+    """The command whose checkpoints these are: a simulated run's and a served run's do not mix."""
+    return "simulate" if transport.clock == "virtual" else "server"
+
+
+def load_resume_checkpoint(run_dir: Path, cfg: RunConfig, kind: str, *, checkpoints: bool = True) -> dict[str, Any] | None:
+    """The checkpoint `--resume` continues from, verified (intact, this engine's, these settings),
+    or None for a run that has not finished a round yet. CheckpointError (exit 2) otherwise; called
+    before anything is written, so a refused resume leaves the run directory as it was."""
+    ckpt = checkpoint.load(run_dir, kind=kind, required=CHECKPOINT_KEYS)
+    path = Path(run_dir) / checkpoint.CHECKPOINT
+    if ckpt is None:
+        metrics = Path(run_dir) / "metrics.jsonl"
+        if checkpoints and metrics.exists() and metrics.stat().st_size > 0:
+            raise checkpoint.CheckpointError(path, "is missing, yet metrics.jsonl holds finished rounds "
+                                                   "(was it deleted or moved?); refusing to restart from round 0")
+        return None
+    try:
+        check_resume_config(ckpt.get("config"), to_dict(cfg))
+    except ConfigError as e:            # the same line, naming the file
+        detail = e.problem.removeprefix("the run directory was made with ")
+        raise checkpoint.CheckpointError(path, f"was written by a run with {detail}", e.allowed) from None
+    return ckpt
+
+
 def check_resume_config(stored: dict[str, Any] | None, current: dict[str, Any]) -> None:
     """Refuse to resume a run directory under different settings; names the fields that differ."""
     check_resume_settings(stored, current, RESUMABLE_CHANGES)

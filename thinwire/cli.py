@@ -89,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"thinwire {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:            # a full disk anywhere (plots, logs): one line, as for checkpoints (issue 24)
+        from thinwire.rundir import DiskFull, is_out_of_space
+        if not is_out_of_space(e):
+            raise
+        print(f"thinwire {args.command}: error: {DiskFull(e.filename or 'out_dir')}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

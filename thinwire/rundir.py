@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import errno
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Collection, TypeVar
+from typing import Any, Collection, Iterator, TypeVar
 
 from thinwire.errors import ConfigError
 
@@ -26,6 +28,48 @@ T = TypeVar("T")
 LATEST = "latest"
 # Files whose presence means "a run was written here" (simulate/server/allreduce all write some).
 RUN_MARKERS = ("metrics.jsonl", "checkpoint.pt", "config.toml", "config.json", "summary.json")
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(ConfigError):
+    """The run directory's file system is full: one line naming the file, exit 2 from the CLI."""
+
+    def __init__(self, path: str | os.PathLike, detail: str = "") -> None:
+        self.path = Path(path)
+        super().__init__("out_dir", f"no space left on device writing {str(self.path)!r}"
+                         + (f" ({detail})" if detail else ""),
+                         "free space (or another --out-dir), then --resume to continue from the last checkpoint")
+
+
+def is_out_of_space(e: BaseException | None) -> bool:
+    """True when `e`, or an exception it was raised from (torch wraps OSError), is ENOSPC / EDQUOT."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno in _NO_SPACE:
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+@contextmanager
+def appending(*files: Path) -> Iterator[None]:
+    """Appends to run files that are all or nothing: on a full disk each file is cut back to its
+    size before the block (no torn JSON line for a later --resume to trip on) and DiskFull raised."""
+    sizes = {Path(f): (Path(f).stat().st_size if Path(f).exists() else None) for f in files}
+    try:
+        yield
+    except OSError as e:
+        if not is_out_of_space(e):
+            raise
+        for f, size in sizes.items():
+            try:
+                if size is None:
+                    f.unlink(missing_ok=True)
+                else:
+                    os.truncate(f, size)
+            except OSError:
+                pass
+        raise DiskFull(e.filename or (next(iter(sizes)).parent if sizes else "out_dir")) from None
 
 
 

@@ -22,13 +22,29 @@ from thinwire.config import RunConfig, to_dict
 from thinwire.errors import UserError
 from thinwire.faults.network import NetworkModel
 from thinwire.rundir import make_dir
-from thinwire.server.rounds import Arrival, Lost, RoundEngine, RunResult, results_table, summarize  # noqa: F401
+from thinwire.server.rounds import Arrival, Lost, RoundEngine, RunResult, load_resume_checkpoint, results_table, summarize  # noqa: F401
 from thinwire.task import Task
 
 from thinwire.sim.store import ClientStateStore
 from thinwire.sim.worker import SimWorker
 
 log = logging.getLogger(__name__)
+
+
+# A worker actor that dies (kill -9, OOM) loses its batch; it is rerun on a replacement actor.
+MAX_TASK_ATTEMPTS = 3          # a client task on which this many actors died ends the run (it kills them)
+MAX_RESTARTS_PER_ROUND = 8     # deaths within one round that end the run (at least one per actor)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    line = next((ln for ln in lines if "died" in ln or "exit" in ln.lower()), lines[0] if lines else type(e).__name__)
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
+def _job_name(job: tuple[dict, Any]) -> str:
+    task = job[0]
+    return f"client {task.get('client_id')} in round {task.get('round')}"
 
 
 class WorkerPool:
@@ -57,29 +73,80 @@ class WorkerPool:
         opts: dict[str, Any] = {"num_cpus": max(cpus / n, 0.01) if cfg.workers else 1}
         if gpus > 0:
             opts["num_gpus"] = gpus / n
-        remote = ray.remote(SimWorker).options(**opts)
-        cfg_dict = to_dict(cfg)
-        self.actors = [remote.remote(cfg_dict) for _ in range(n)]
+        self._remote = ray.remote(SimWorker).options(**opts)
+        self._cfg_dict = to_dict(cfg)
+        self._data_ref = None
+        self.actors = [self._remote.remote(self._cfg_dict) for _ in range(n)]
+        self.restarts = 0                     # dead actors replaced over the run
 
     def load(self, data) -> None:
         """Give every actor the driver's data set (one object-store copy) and wait until ready."""
-        ref = self._ray.put(data)
-        self._ray.get([a.load.remote(ref) for a in self.actors])
+        self._data_ref = self._ray.put(data)
+        self._ray.get([a.load.remote(self._data_ref) for a in self.actors])
 
     def run(self, global_vec: torch.Tensor, jobs: list[tuple[dict, Any]]) -> list:
+        """Execute the jobs, one batch per actor; results in job order (batch by batch).
+
+        A batch whose actor died (kill -9, OOM) is rerun on a replacement actor, its jobs one by
+        one so that a job that kills every actor it runs on is found: after MAX_TASK_ATTEMPTS
+        deaths running one job, or MAX_RESTARTS_PER_ROUND deaths in one call, the run ends with a
+        one-line UserError naming the client and round. Jobs are (task, state) copies: the store is
+        only written from the results, after every job succeeded, so a lost batch changes nothing."""
         ray = self._ray
         ref = ray.put(global_vec)
         n = len(self.actors)
-        batches = [jobs[i::n] for i in range(n)]
-        futures = [a.run.remote(ref, b) for a, b in zip(self.actors, batches) if b]
+        order = [i for slot in range(n) for i in range(slot, len(jobs), n)]     # = jobs[0::n] + jobs[1::n] + ...
+        results: list[Any] = [None] * len(jobs)
+        attempts = [0] * len(jobs)
+        pending = {self._submit(slot, ref, [jobs[i] for i in idx]): (slot, idx)
+                   for slot in range(n) if (idx := list(range(slot, len(jobs), n)))}
+        deaths = 0
+        while pending:
+            (fut,), _ = ray.wait(list(pending), num_returns=1)
+            slot, idx = pending.pop(fut)
+            try:
+                for i, r in zip(idx, ray.get(fut)):
+                    results[i] = r
+                continue
+            except ray.exceptions.RayActorError as e:
+                reason = _first_line(e)
+            except ray.exceptions.RayTaskError as e:
+                cause = getattr(e, "cause", None)
+                if isinstance(cause, ValueError):    # a refusal of ours (NaN/Inf update, bad task): one line
+                    raise UserError(f"a client task failed: {cause}"
+                                    + ("; the run diverged: lower --lr" if "NaN" in str(cause) else "")) from None
+                raise
+            deaths += 1
+            for i in idx:
+                attempts[i] += 1
+            worst = max(idx, key=lambda i: attempts[i])
+            who = _job_name(jobs[worst])
+            if attempts[worst] >= MAX_TASK_ATTEMPTS or deaths > max(MAX_RESTARTS_PER_ROUND, n):
+                why = (f"{attempts[worst]} worker actors died running it" if attempts[worst] >= MAX_TASK_ATTEMPTS
+                       else f"{deaths} worker actors died in this round")
+                raise UserError(f"simulation worker lost: {who}: {why} (last: {reason}); giving up") from None
+            log.warning("worker actor %d died running %s (%s); rerunning on a replacement actor",
+                        slot, ", ".join(_job_name(jobs[i]) for i in idx), reason)
+            self._replace(slot)
+            for k, i in enumerate(idx):                      # one job per call: a repeat death names its job
+                s = (slot + k) % n
+                pending[self._submit(s, ref, [jobs[i]])] = (s, [i])
+        return [results[i] for i in order]
+
+    def _submit(self, slot: int, ref, batch: list) -> Any:
+        return self.actors[slot].run.remote(ref, batch)
+
+    def _replace(self, slot: int) -> None:
+        """A fresh actor in `slot` (its tasks queue behind its data load); the dead one is released."""
         try:
-            return [r for batch in ray.get(futures) for r in batch]
-        except ray.exceptions.RayTaskError as e:
-            cause = getattr(e, "cause", None)
-            if isinstance(cause, ValueError):    # a refusal of ours (NaN/Inf update, bad task): one line
-                raise UserError(f"a client task failed: {cause}"
-                                + ("; the run diverged: lower --lr" if "NaN" in str(cause) else "")) from None
-            raise
+            self._ray.kill(self.actors[slot])
+        except Exception:                   # already gone
+            pass
+        actor = self._remote.remote(self._cfg_dict)
+        if self._data_ref is not None:
+            actor.load.remote(self._data_ref)
+        self.actors[slot] = actor
+        self.restarts += 1
 
     def close(self) -> None:
         for a in self.actors:
@@ -196,6 +263,8 @@ def simulate(cfg: RunConfig, *, resume: bool = False, pool: WorkerPool | None = 
     from thinwire.training import build_run_model
 
     cfg.validate()
+    if resume:   # a broken or foreign checkpoint fails here: before Ray starts, before any file is written
+        load_resume_checkpoint(cfg.run_dir, cfg, "simulate")
     own_pool = pool is None
     pool = pool or WorkerPool(cfg)
     try:

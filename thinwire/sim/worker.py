@@ -3,6 +3,7 @@ batching). It builds the model once from the run config; virtual clients are jus
 (task, state) pairs passed in, so it holds no per-client state itself."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -36,6 +37,10 @@ class SimWorker:
         self.model = model_from_config(self.cfg, self.data)
         self.spec = model_spec(self.model)
         return True
+
+    def pid(self) -> int:
+        """This actor's process id (for operators and chaos tests that kill -9 a worker)."""
+        return os.getpid()
 
     def run(self, global_vec: torch.Tensor, jobs: list[tuple[dict[str, Any], ClientState | None]]) -> list[ClientResult]:
         out = []
