@@ -19,7 +19,7 @@ from thinwire import compression
 from thinwire.config import RunConfig, build
 from thinwire.errors import ConfigError
 from thinwire.server.rounds import Arrival, RoundEngine
-from thinwire.server.strategy import FedAvg, make_strategy
+from thinwire.server.strategy import make_strategy
 from thinwire.server.strategy.fedbuff import (FedBuff, WEIGHT_BITS, hinge_weight, parse_staleness,
                                               polynomial_weight, quantized_weight)
 

@@ -23,7 +23,7 @@ def test_output_shapes_for_images(name, shape):
     loss.backward()
     # every parameter gets a gradient, and it is the loss's derivative: along a random direction u
     # the central difference (f(w + eps u) - f(w - eps u)) / 2 eps (float64, eps = 1e-6, error
-    # O(eps^2) away from ReLU kinks) equals <grad, u> to 1e-6 relative.
+    # O(eps^2) away from ReLU kinks; round-off ~1e-16 * f / eps) equals <grad, u> to 1e-6 relative.
     assert all(p.grad is not None for p in model.parameters())
     x, y = torch.rand(3, *shape, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2])
     m64 = model.double()
@@ -32,6 +32,8 @@ def test_output_shapes_for_images(name, shape):
     w = torch.nn.utils.parameters_to_vector(m64.parameters()).detach()
     g = torch.cat([p.grad.reshape(-1) for p in m64.parameters()])
     u = torch.randn(w.numel(), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    u /= u.norm()      # a unit step: eps * u moves w by 1e-6 in all, so (almost surely) no ReLU / max-pool
+    #                   unit crosses its kink, where the central difference would not be the derivative
     eps = 1e-6
 
     def f(v):

@@ -2,7 +2,6 @@
 bound, the memory bound, and the attack kind's messages."""
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
