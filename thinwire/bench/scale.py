@@ -15,6 +15,10 @@ weight counts) one short job runs, and the same process then measures:
 - peak RSS, sampled every 0.2 s over the process tree with psutil: the server (the driver for
   simulate, which hosts the round engine; the ServerActor for served; the coordinating driver for
   the peer engines), the largest single worker, and all workers together;
+- simulate only, because wall time on a shared host moves with everyone else's load: CPU seconds
+  per round of the workers (during the dispatch) and of the driver (decode, fold, finalize,
+  metrics, checkpoint) against the floor's CPU seconds: `cpu_ratio`, the engine's overhead in
+  work rather than in time;
 - bytes per round (uplink + downlink for federated runs, all-reduce or gossip payload per worker
   for the peer engines) and the test accuracy reached (short runs: a cost figure, not a
   converged accuracy).
@@ -57,6 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, help="simulation workers / peers (default: cores, >= 2 peers)")
     p.add_argument("--codec", default="identity", help="update codec of the federated runs (default: identity)")
     p.add_argument("--batch-size", type=int, default=16, help="batch size everywhere (default: 16)")
+    p.add_argument("--driver-threads", type=int, default=0,
+                   help="torch threads of the simulate driver while it runs (default 0: torch's default, what "
+                        "`thinwire simulate` uses)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default="", metavar="FILE", help="write all results here")
     p.add_argument("--plot", default="", metavar="FILE", help="PNG: wall / floor and peak RSS per engine and model")
@@ -130,13 +137,16 @@ def federated_floor(cfg, rows: list[dict[str, Any]], groups: Callable[[list[int]
     model = model_from_config(cfg, data)
     start = get_flat(model)
     cost: dict[int, float] = {}
+    cpu_cost: dict[int, float] = {}
 
     def train(c: int) -> float:
         if c not in cost:
             x, y = data.client_data(c)
             set_flat(model, start)
+            c0 = time.process_time()
             cost[c] = _timed(lambda: local_train(model, x, y, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
                                                  lr=cfg.lr, momentum=cfg.momentum, seed=c))
+            cpu_cost[c] = time.process_time() - c0
         return cost[c]
 
     old = torch.get_num_threads()
@@ -149,7 +159,8 @@ def federated_floor(cfg, rows: list[dict[str, Any]], groups: Callable[[list[int]
             clients = sorted(r["accepted_clients"])
             serial = sum(train(c) for c in clients)
             scheduled = max(sum(train(c) for c in g) for g in groups(clients) if g)
-            out.append({"round": r["round"], "serial_s": serial, "floor_s": scheduled})
+            out.append({"round": r["round"], "serial_s": serial, "floor_s": scheduled,
+                        "serial_cpu_s": sum(cpu_cost[c] for c in clients)})
         return out
     finally:
         torch.set_num_threads(old)
@@ -222,32 +233,67 @@ def run_simulate(args, model: str, tmp: str, cores: int) -> dict[str, Any]:
 
     from thinwire.sim.engine import simulate
 
+    import psutil
+
     from thinwire.sim.engine import WorkerPool
 
+    def cpu(procs: list) -> float:
+        total = 0.0
+        for pr in procs:
+            try:
+                t = pr.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
+
     class TimedPool(WorkerPool):
-        """The engine's own pool; also records how long each round's dispatch to the workers took."""
+        """The engine's own pool; also records each round's dispatch time and the CPU seconds the
+        workers and the driver spent (load-independent, unlike wall time on a shared host)."""
         dispatch: list[float] = []
+        marks: list[tuple[float, float, float, float]] = []   # driver / workers CPU at dispatch start, end
+        workers: list = []
 
         def run(self, global_vec, jobs):
+            me = psutil.Process()
+            d0, w0 = cpu([me]), cpu(self.workers)
             t = time.perf_counter()
             out = super().run(global_vec, jobs)
             self.dispatch.append(time.perf_counter() - t)
+            if not self.workers:                  # found once, after round 0 (untimed)
+                self.workers = [c for c in me.children(recursive=True) if "ray::SimWorker" in " ".join(c.cmdline())]
+                w0 = cpu(self.workers)
+            self.marks.append((d0, w0, cpu([me]), cpu(self.workers)))
             return out
 
     workers = args.workers or cores
     cfg = federated_config(args, model, tmp, f"sim-{model}", workers)
     if ray.is_initialized():
         ray.shutdown()
+    threads = torch.get_num_threads()
+    if args.driver_threads:
+        torch.set_num_threads(args.driver_threads)
     with RssSampler(None, ("ray::SimWorker",)) as s:
         pool = TimedPool(cfg)
         try:
             res = simulate(cfg, pool=pool)
         finally:
             pool.close()
+            torch.set_num_threads(threads)
     timed = _timed_rows(res.metrics)
     floor = federated_floor(cfg, timed, lambda cl: [cl[i::workers] for i in range(workers)])
     dispatch = [pool.dispatch[r["round"]] for r in timed]
-    extra = {"parallel": f"{workers} Ray workers", "workers_per_round_s": statistics.median(dispatch),
+    m = pool.marks
+    workers_cpu = [m[r["round"]][3] - m[r["round"]][1] for r in timed]
+    driver_cpu = [m[r["round"] + 1][0] - m[r["round"]][2] for r in timed if r["round"] + 1 < len(m)]
+    serial_cpu = statistics.median(f["serial_cpu_s"] for f in floor)
+    extra = {"workers_cpu_per_round_s": statistics.median(workers_cpu),
+             "driver_cpu_per_round_s": statistics.median(driver_cpu) if driver_cpu else None,
+             "serial_cpu_per_round_s": serial_cpu,
+             "cpu_ratio": (statistics.median(workers_cpu) + (statistics.median(driver_cpu) if driver_cpu else 0.0))
+             / serial_cpu if serial_cpu > 0 else None,
+             "parallel": f"{workers} Ray workers", "driver_threads": args.driver_threads or threads,
+             "workers_per_round_s": statistics.median(dispatch),
              "driver_per_round_s": statistics.median(r["wall_step"] - d for r, d in zip(timed, dispatch))}
     return _federated_result(cfg, res.metrics, floor, s.peak, extra)
 
@@ -408,7 +454,15 @@ def _check(args) -> tuple[list[str], list[str]]:
     check_int("steps", args.steps, 2)
     check_int("workers", args.workers, 0)
     check_int("batch_size", args.batch_size, 1)
+    check_int("driver_threads", args.driver_threads, 0)
     return engines, models
+
+
+def _write_json(args, cores: int, results: list[dict[str, Any]]) -> None:
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    doc = {"args": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "cpus": cores,
+           "torch": torch.__version__, "results": results}
+    Path(args.json).write_text(json.dumps(doc, indent=1, default=str) + "\n")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -436,6 +490,8 @@ def run(args: argparse.Namespace) -> int:
                 r.update(engine=engine, model=model, params=d, total_s=time.perf_counter() - t0,
                          load=open("/proc/loadavg").read().split()[:3])
                 results.append(r)
+                if args.json:                       # after every run: a long bench keeps what it measured
+                    _write_json(args, cores, results)
                 print(f"  {engine} / {model}: wall/round {r.get('wall_per_round_s', float('nan')):.3f} s, floor "
                       f"{r.get('floor_per_round_s', float('nan')):.3f} s, ratio {r.get('ratio') or float('nan'):.2f}"
                       f"{'  ERROR ' + r['error'] if 'error' in r else ''}", flush=True)
@@ -447,10 +503,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"\ntarget (simulate, resnet20: wall per round <= {TARGET} x floor): "
               f"{'MET' if ok else 'NOT met'} ({sim[0]['ratio']:.2f}x)")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"args": vars(args) | {"_bench_module": None}, "cpus": cores,
-                                               "torch": torch.__version__, "results": results}, indent=1,
-                                              default=str) + "\n")
         print(f"wrote {args.json}")
     if args.plot:
         plot(args.plot, results, f"thinwire bench scale: {args.dataset}, {args.clients} clients x {args.per_round}/round, "
