@@ -22,7 +22,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "sgc": ("thinwire.bench.sgc", "uncoded / GC / SR-SGC / M-SGC runtime under bursty stragglers"),
     "soak": ("thinwire.bench.soak", "long served run: server RSS slope per round, CPU per round, p99 push latency"),
     # -- real model sizes (issue 21)
-    "scale": ("thinwire.bench.scale", "every engine at d = 0.27M..11M: wall per round vs the local-training floor, "
+    "scale": ("thinwire.bench.scale", "every engine at d = 0.27M..11M: wall per round vs the local training floor, "
               "peak RSS, bytes, accuracy"),
 }
 
