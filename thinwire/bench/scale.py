@@ -94,11 +94,17 @@ class RssSampler:
         import psutil
 
         me = psutil.Process()
-        procs = [me]
-        try:
-            procs += me.children(recursive=True)
-        except psutil.Error:
-            pass
+        kids: dict[int, list[psutil.Process]] = {}
+        for pr in psutil.process_iter():          # one pass over /proc: a child exiting mid-walk is skipped
+            try:
+                kids.setdefault(pr.ppid(), []).append(pr)
+            except psutil.Error:
+                continue
+        procs, todo = [], [me]
+        while todo:
+            pr = todo.pop()
+            procs.append(pr)
+            todo.extend(kids.get(pr.pid, []))
         server = workers_sum = worker_max = tree = 0
         for pr in procs:
             try:
@@ -195,7 +201,27 @@ def step_floor(model_name: str, shape: tuple[int, ...], classes: int, batch: int
         t = statistics.median(_timed(step) for _ in range(reps))
     finally:
         torch.set_num_threads(old)
-    return {"step_s": t, "floor_s": t * ranks / min(ranks, cores)}
+    return {"step_s": t, "floor_s": t * ranks / min(ranks, cores), "numel": sum(p.numel() for p in model.parameters())}
+
+
+def codec_seconds(spec: str, numel: int, reps: int = 5) -> float:
+    """Encode + decode of one d-vector with `spec` (median, 1 thread): what one compressed gossip
+    message costs a peer beside its compute."""
+    from thinwire import compression
+    from thinwire.compression.base import Context
+
+    codec = compression.from_spec(spec)
+    x = torch.randn(numel, generator=torch.Generator().manual_seed(0))
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        def once(i: int) -> None:
+            ctx = Context(seed=0, round=i, client_id=0)
+            codec.decode(codec.encode(x, ctx), ctx)
+        once(0)
+        return statistics.median(_timed(lambda i=i: once(i)) for i in range(1, reps + 1))
+    finally:
+        torch.set_num_threads(old)
 
 
 # -- one engine x model ---------------------------------------------------------------------------
@@ -379,7 +405,8 @@ def run_decentralized(args, model: str, tmp: str, cores: int) -> dict[str, Any]:
         finally:
             engine.close()
     fl = step_floor(model, tuple(ds.input_shape), ds.num_classes, args.batch_size, peers, cores)
-    return {"steps": args.steps, "wall_per_round_s": wall, "floor_per_round_s": fl["floor_s"],
+    codec_s = codec_seconds(cfg.codec, fl["numel"])
+    return {"steps": args.steps, "codec_s_per_message": codec_s, "wall_per_round_s": wall, "floor_per_round_s": fl["floor_s"],
             "serial_per_round_s": fl["step_s"] * peers, "ratio": wall / fl["floor_s"],
             "bytes_per_round": sent / peers / args.steps, "accuracy": acc, "rss": s.peak,
             "parallel": f"{peers} peers (ring, cdproxsgt top-30%)"}
