@@ -22,11 +22,60 @@ def packed_size(count: int, bits: int) -> int:
     return (count * check_bits(bits) + 7) // 8
 
 
+def _i64(v: int) -> int:
+    """A 64-bit mask as the signed value torch's int64 ops take."""
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+# b = 3: merge byte lanes pairwise inside int64 words: (lane mask, shift, merged mask) per step
+_MERGE3 = ((_i64(0x0007000700070007), 5, _i64(0x0038003800380038)),
+           (_i64(0x0000003F0000003F), 10, _i64(0x00000FC000000FC0)),
+           (_i64(0x0000000000000FFF), 20, _i64(0x0000000000FFF000)))
+
+
+def _pack_words(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Fast `pack` for b in 1..4 and len(codes) % 8 == 0: each code sits in its own byte of a
+    machine word; shifts move every code to its stream position (a few whole-array integer ops
+    instead of one pass per code lane)."""
+    c = codes.to(torch.uint8).contiguous()
+    if bits == 4:                                   # 2 codes per byte: c0 | c1 << 4
+        w = c.view(torch.int16)
+        return (w | (w >> 4)).to(torch.uint8)
+    if bits == 2:                                   # 4 per byte: c_j from bit 8j to bit 2j
+        w = c.view(torch.int32)
+        t = w | (w >> 6)
+        t |= w >> 12
+        t |= w >> 18
+        return t.to(torch.uint8)
+    w = c.view(torch.int64)
+    if bits == 1:                                   # 8 per byte: c_j from bit 8j to bit j
+        w = w | (w >> 7)
+        w |= w >> 14
+        w |= w >> 28
+        return w.to(torch.uint8)
+    for lo, shift, hi in _MERGE3:                   # b = 3: 8 codes -> 24 bits -> 3 bytes
+        w = (w & lo) | ((w >> shift) & hi)
+    return w.view(torch.uint8).view(-1, 8)[:, :3].reshape(-1)
+
+
+def _unpack3_words(data: torch.Tensor, count: int) -> torch.Tensor:
+    """Inverse of `_pack_words` for b = 3 (count % 8 == 0): each 3-byte group back to 8 byte lanes."""
+    groups = count // 8
+    w8 = torch.zeros(groups, 8, dtype=torch.uint8, device=data.device)
+    w8[:, :3] = data[:groups * 3].view(groups, 3)
+    w = w8.view(-1).view(torch.int64)
+    for lo, shift, hi in reversed(_MERGE3):
+        w = (w & lo) | ((w & hi) << shift)
+    return w.view(torch.uint8)
+
+
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """uint8 tensor of `packed_size(len(codes), bits)` bytes; codes must be in [0, 2**bits)."""
     bits = check_bits(bits)
     codes = codes.reshape(-1)
     n = codes.numel()
+    if bits <= 4 and n % 8 == 0:
+        return _pack_words(codes, bits)
     if bits == 8:
         return codes.to(torch.uint8)
     if 8 % bits == 0:  # 1, 2, 4: whole codes per byte, combine in uint8
@@ -59,6 +108,8 @@ def unpack(data: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     data = data.reshape(-1).to(torch.uint8)
     if bits == 8:
         return data[:count].clone()
+    if bits == 3 and count % 8 == 0:
+        return _unpack3_words(data, count)
     if 8 % bits == 0:
         per = 8 // bits
         shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=data.device)
@@ -90,8 +141,25 @@ def unpack_lookup(data: torch.Tensor, bits: int, count: int, table: torch.Tensor
         byte = torch.arange(256, device=data.device).unsqueeze(1)
         shifts = torch.arange(0, 8, bits, device=data.device)
         lut = table[(byte >> shifts) & ((1 << bits) - 1)]  # (256, per)
-        return lut.index_select(0, data.reshape(-1)[:nb].long()).view(-1)[:count]
-    return table.take(unpack(data, bits, count).long())
+        return lut.index_select(0, data.reshape(-1)[:nb].to(torch.int32)).view(-1)[:count]
+    if bits == 3 and count % 8 == 0:
+        return _unpack3_lookup(data, count, table)
+    return table.index_select(0, unpack(data, bits, count).to(torch.int32))
+
+
+def _unpack3_lookup(data: torch.Tensor, count: int, table: torch.Tensor) -> torch.Tensor:
+    """b = 3: each 3-byte group is two 12-bit halves of 4 codes each; a 4096-row table maps a half
+    straight to its 4 values (one gather per 4 codes instead of unpacking then gathering)."""
+    groups = count // 8
+    if data.numel() < groups * 3:
+        raise ValueError(f"data: {data.numel()} bytes cannot hold {count} codes of 3 bits")
+    b = data[:groups * 3].view(groups, 3).to(torch.int32)
+    half = torch.empty(groups, 2, dtype=torch.int32, device=data.device)
+    torch.bitwise_or(b[:, 0], (b[:, 1] & 15) << 8, out=half[:, 0])
+    torch.bitwise_or(b[:, 1] >> 4, b[:, 2] << 4, out=half[:, 1])
+    v = torch.arange(4096, device=data.device).unsqueeze(1)
+    lut = table[(v >> torch.arange(0, 12, 3, device=data.device)) & 7]      # (4096, 4)
+    return lut.index_select(0, half.view(-1)).view(-1)
 
 
 def lost_codes(start: int, end: int, bits: int) -> tuple[int, int]:

@@ -19,7 +19,7 @@ the rotated domain and inverse-rotates once.
 """
 from __future__ import annotations
 
-import functools
+import dataclasses
 import math
 from typing import Sequence
 
@@ -27,28 +27,21 @@ import torch
 
 from . import bitpack
 from .base import Codec, Context, Encoded, derive_seed, new_encoded, register
+from .eden_quant import bin_codes, boundaries, centroids, dot64, sum_squares64
 from .eden_tables import HALF_CENTROIDS
-from .hadamard import apply_signs_, fwht_, is_pow2, next_pow2
+from .hadamard import apply_signs_, fwht_, is_pow2, next_pow2, signed_copy
 
 DEFAULT_MAX_CHUNK = 1 << 24
+ROTATIONS = ("client", "shared")
+
+
+def codec_seed(ctx: Context, rotation: str = "client") -> int:
+    """The payload's seed: per (round, client) by default; per round only with rotation=shared
+    (every client of a round rotates alike, so the server can sum in the rotated domain)."""
+    return (dataclasses.replace(ctx, shared=True) if rotation == "shared" else ctx).derive_seed("eden")
 
 
 # -- tables ----------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=64)
-def centroids(bits: int, device: str = "cpu") -> torch.Tensor:
-    """All 2**bits Lloyd-Max centroids for N(0,1), ascending (float32)."""
-    half = torch.tensor(HALF_CENTROIDS[bits], dtype=torch.float64)
-    return torch.cat([-half.flip(0), half]).float().to(device)
-
-
-@functools.lru_cache(maxsize=64)
-def boundaries(bits: int, device: str = "cpu") -> torch.Tensor:
-    """Midpoints of adjacent centroids (2**bits - 1 values, 0 included)."""
-    half = torch.tensor(HALF_CENTROIDS[bits], dtype=torch.float64)
-    c = torch.cat([-half.flip(0), half])
-    return ((c[1:] + c[:-1]) / 2).float().to(device)
-
-
 def lloyd_max_mse(bits: int) -> float:
     """D_b = E[(Z - Q(Z))^2] = 1 - E[Q(Z)^2] for Z ~ N(0,1) (theory for the biased scale)."""
     half = HALF_CENTROIDS[bits]
@@ -151,7 +144,7 @@ class Eden(Codec):
     supports_holes = True
 
     def __init__(self, bits: float = 2, unbiased: bool = True, max_overhead: float = 0.1,
-                 max_chunk: int = DEFAULT_MAX_CHUNK) -> None:
+                 max_chunk: int = DEFAULT_MAX_CHUNK, rotation: str = "client") -> None:
         check_bits(bits)
         if not isinstance(unbiased, bool):
             raise ValueError(f"unbiased: got {unbiased!r}; allowed: true, false")
@@ -160,88 +153,62 @@ class Eden(Codec):
             raise ValueError(f"max_overhead: got {max_overhead!r}; allowed: a number in [0, 1]")
         if not isinstance(max_chunk, int) or not is_pow2(max_chunk) or max_chunk < 8:
             raise ValueError(f"max_chunk: got {max_chunk!r}; allowed: a power of two >= 8")
-        super().__init__(bits=bits, unbiased=unbiased, max_overhead=max_overhead, max_chunk=max_chunk)
+        if rotation not in ROTATIONS:
+            raise ValueError(f"rotation: got {rotation!r}; allowed: {', '.join(ROTATIONS)}")
+        extra = {"rotation": rotation} if rotation != "client" else {}   # default payloads unchanged
+        super().__init__(bits=bits, unbiased=unbiased, max_overhead=max_overhead, max_chunk=max_chunk, **extra)
 
     # encode ------------------------------------------------------------------------------
     def _encode(self, x: torch.Tensor, ctx: Context) -> Encoded:
         p = self.params
         bits, dev = float(p["bits"]), x.device
-        seed = ctx.derive_seed("eden")
+        seed = codec_seed(ctx, p.get("rotation", "client"))
+        shared = bool(ctx.shared) or p.get("rotation") == "shared"
         lay = _Layout(x.numel(), bits, seed, p["max_overhead"], p["max_chunk"], dev)
         streams: dict[int, list[torch.Tensor]] = {w: [] for w in lay.widths}
         scales: list[float] = []
         pos = 0
         for c, (n, D) in enumerate(zip(lay.sizes, lay.padded)):
-            if n == D:
-                y = x[pos:pos + n].to(torch.float32, copy=True)
-            else:
-                y = torch.zeros(D, dtype=torch.float32, device=dev)
-                y[:n] = x[pos:pos + n]
+            y = torch.empty(D, dtype=torch.float32, device=dev) if n == D else \
+                torch.zeros(D, dtype=torch.float32, device=dev)
+            signed_copy(x[pos:pos + n].to(torch.float32).contiguous(), derive_seed(seed, "rot", c), y)
             pos += n
-            fwht_(apply_signs_(y, derive_seed(seed, "rot", c)))
+            fwht_(y)
             scale, codes = _quantize(y, lay, c, p["unbiased"])
             scales.append(scale)
             for w in lay.widths:
                 streams[w].append(codes[w])
         sections = {_stream_name(w): _to_bytes(bitpack.pack(torch.cat(streams[w]), w)) for w in lay.widths}
         enc = new_encoded(**sections)
-        enc.meta = {"seed": seed, "shared": bool(ctx.shared), "scales": scales}
+        enc.meta = {"seed": seed, "shared": shared, "scales": scales}
         return enc
 
     # decode ------------------------------------------------------------------------------
     def _decode(self, enc: Encoded, ctx: Context, device: torch.device) -> torch.Tensor:
+        fast = _decode_whole(enc, device)
+        if fast is not None:
+            return fast
         lay, rotated = rotated_estimate(enc, device)
         seed = int(enc.meta["seed"])
         return _unrotate(rotated, lay, seed, enc.numel)
 
 
-_BLOCK = 4096
-
-
-def _sum64(t: torch.Tensor) -> float:
-    """Sum with float64 accumulation: exact-enough float32 partials over 4096-element blocks,
-    then float64 across blocks (no full float64 copy of the vector)."""
-    n = t.numel()
-    main = n - n % _BLOCK
-    total = 0.0
-    if main:
-        total += float(t[:main].view(-1, _BLOCK).sum(1).double().sum())
-    if main < n:
-        total += float(t[main:].double().sum())
-    return total
-
-
 def _quantize_part(part: torch.Tensor, bits: int, rms: float, need_qq: bool) -> tuple[torch.Tensor, float, float]:
     """Codes of one vector part, <q, part> and ||q||^2 (float64; only if need_qq), q = unscaled centroids.
 
-    Up to 3 bits the bins come from threshold comparisons and the sums from per-threshold tail
-    sums (Abel summation: <q, y> = c_0 sum(y) + sum_t (c_{t+1} - c_t) sum(y[y > t_t])), which is
-    several times faster than bucketize + a gathered centroid vector; above that, bucketize.
+    Codes and q by grid lookup (`eden_quant.bin_codes`, codes equal to bucketize against the rms-scaled
+    Lloyd-Max boundaries); the sums by blockwise dot products.
     """
-    dev = str(part.device)
-    thr = boundaries(bits, dev) * rms
-    c = centroids(bits, "cpu").double().tolist()
-    if bits <= 3:
-        codes = torch.zeros(part.numel(), dtype=torch.uint8, device=part.device)
-        qy = c[0] * _sum64(part)
-        qq = c[0] ** 2 * part.numel()
-        for t in range(len(c) - 1):
-            above = part > thr[t]
-            codes += above
-            qy += (c[t + 1] - c[t]) * _sum64(torch.where(above, part, 0.0))
-            if need_qq:
-                qq += (c[t + 1] ** 2 - c[t] ** 2) * int(above.sum())
-        return codes, qy, qq
-    idx = torch.bucketize(part, thr)
-    q = centroids(bits, dev).take(idx)
-    return idx.to(torch.uint8), _sum64(q * part), (_sum64(q * q) if need_qq else 0.0)
+    thr = boundaries(bits, str(part.device)) * rms
+    codes, q = bin_codes(part, thr, bits, rms)
+    return codes, dot64(q, part), (dot64(q, q) if need_qq else 0.0)
 
 
 def _quantize(y: torch.Tensor, lay: _Layout, c: int, unbiased: bool) -> tuple[float, dict[int, torch.Tensor]]:
     """Codes per width for one rotated chunk, and its scale (0 for a zero chunk)."""
     masks = lay.masks[c]
     sub = y[masks[1]] if lay.bits < 1 else y  # b < 1: only kept coordinates are quantized
-    sq = _sum64(sub * sub)
+    sq = sum_squares64(sub)
     codes: dict[int, torch.Tensor] = {}
     if sq == 0.0 or sub.numel() == 0:
         for w in lay.widths:
@@ -260,6 +227,11 @@ def _quantize(y: torch.Tensor, lay: _Layout, c: int, unbiased: bool) -> tuple[fl
 
 def rotated_estimate(enc: Encoded, device: torch.device | str = "cpu") -> tuple[_Layout, list[torch.Tensor]]:
     """Per chunk, the receiver's estimate of the rotated vector (scaled, hole-corrected)."""
+    lay, _, out = _rotated(enc, device)
+    return lay, out
+
+
+def _rotated(enc: Encoded, device: torch.device | str) -> tuple[_Layout, torch.Tensor, list[torch.Tensor]]:
     if enc.codec != Eden.name:
         raise ValueError(f"codec: payload was encoded with {enc.codec!r}, not 'eden'")
     device = torch.device(device)
@@ -270,7 +242,8 @@ def rotated_estimate(enc: Encoded, device: torch.device | str = "cpu") -> tuple[
     lay = _Layout(enc.numel, bits, seed, p.get("max_overhead", 0.1), p.get("max_chunk", DEFAULT_MAX_CHUNK), device)
     if len(scales) != len(lay.sizes):
         raise ValueError(f"payload: {len(scales)} scales for {len(lay.sizes)} chunks")
-    out = [torch.zeros(D, dtype=torch.float32, device=device) for D in lay.padded]
+    flat = torch.zeros(sum(lay.padded), dtype=torch.float32, device=device)
+    out = list(flat.split(lay.padded))                  # views: the chunks lie back to back
     received = [0] * len(lay.padded)
     for w in lay.widths:
         name = _stream_name(w)
@@ -298,7 +271,75 @@ def rotated_estimate(enc: Encoded, device: torch.device | str = "cpu") -> tuple[
         if received[c] > 0:
             factor *= lay.sent(c) / received[c] / lay.keep_p
         out[c].mul_(factor)
-    return lay, out
+    return lay, flat, out
+
+
+def _decode_whole(enc: Encoded, device: torch.device) -> torch.Tensor | None:
+    """Decode of the common case (integer bits, nothing lost) without intermediate copies: the
+    scale rides in the centroid table of the fused unpack + lookup, each chunk is transformed in
+    place in the unpacked vector. The same float32 values as `rotated_estimate` + `_unrotate`.
+    None when the payload needs the general path (fractional bits, b < 1, holes)."""
+    if enc.codec != Eden.name:
+        raise ValueError(f"codec: payload was encoded with {enc.codec!r}, not 'eden'")
+    p = enc.params
+    bits = check_bits(p["bits"])
+    if bits != int(bits) or enc.holes:
+        return None
+    w = int(bits)
+    name = _stream_name(w)
+    if set(enc.sections) != {name}:
+        return None
+    sizes = chunk_sizes(enc.numel, p.get("max_overhead", 0.1), p.get("max_chunk", DEFAULT_MAX_CHUNK))
+    padded = [next_pow2(n) for n in sizes]
+    scales, seed = enc.meta["scales"], int(enc.meta["seed"])
+    if len(scales) != len(sizes):
+        raise ValueError(f"payload: {len(scales)} scales for {len(sizes)} chunks")
+    body = enc.sections[name]
+    raw = torch.frombuffer(bytearray(body), dtype=torch.uint8).to(device) if body else \
+        torch.zeros(0, dtype=torch.uint8, device=device)
+    table = centroids(w, str(device))
+    single = len(sizes) == 1
+    vals = bitpack.unpack_lookup(raw, w, sum(padded), table * float(scales[0]) if single else table)
+    if not vals.is_contiguous():
+        vals = vals.contiguous()
+    parts, pos = [], 0
+    for c, (n, D) in enumerate(zip(sizes, padded)):
+        seg = vals[pos:pos + D]
+        if not single:
+            seg.mul_(float(scales[c]))
+        apply_signs_(fwht_(seg), derive_seed(seed, "rot", c))
+        parts.append(seg[:n])
+        pos += D
+    return parts[0] if single else torch.cat(parts)
+
+
+def rotated_flat(enc: Encoded, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The receiver's estimate of the rotated (padded, chunks back to back) vector, scaled and
+    hole-corrected, as one float32 tensor: what a shared-rotation server sums across clients."""
+    return _rotated(enc, device)[1]
+
+
+def rotated_layout(enc: Encoded) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """(seed, chunk sizes, padded chunk sizes) of a payload: payloads whose layouts are equal can
+    be summed in the rotated domain and inverse-rotated once (`unrotate_flat`)."""
+    p = enc.params
+    sizes = chunk_sizes(enc.numel, p.get("max_overhead", 0.1), p.get("max_chunk", DEFAULT_MAX_CHUNK))
+    return int(enc.meta["seed"]), tuple(sizes), tuple(next_pow2(n) for n in sizes)
+
+
+def unrotate_flat(flat: torch.Tensor, layout: tuple[int, tuple[int, ...], tuple[int, ...]]) -> torch.Tensor:
+    """Inverse rotation, in place, of a flat rotated-domain vector with `layout`; returns the
+    first-d coordinates of each chunk (length d): one FWHT per chunk, whatever was summed into it."""
+    seed, sizes, padded = layout
+    if flat.numel() != sum(padded) or not flat.is_contiguous() or flat.dtype != torch.float32:
+        raise ValueError(f"flat: need a contiguous float32 vector of {sum(padded)} elements")
+    parts, pos = [], 0
+    for c, (n, D) in enumerate(zip(sizes, padded)):
+        seg = flat[pos:pos + D]
+        apply_signs_(fwht_(seg), derive_seed(seed, "rot", c))
+        parts.append(seg[:n])
+        pos += D
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _unrotate(rotated: list[torch.Tensor], lay: _Layout, seed: int, numel: int) -> torch.Tensor:
@@ -333,7 +374,7 @@ def mean_of(encodings: Sequence[Encoded], ctxs: Sequence[Context] | None = None,
         if len(ctxs) != n:
             raise ValueError(f"ctxs: got {len(ctxs)} contexts for {n} payloads")
         for e, cx in zip(encodings, ctxs):
-            if cx.derive_seed("eden") != int(e.meta["seed"]):
+            if codec_seed(cx, e.params.get("rotation", "client")) != int(e.meta["seed"]):
                 raise ValueError(f"ctxs: context of client {cx.client_id} does not match its payload's seed")
     numel = encodings[0].numel
     if any(e.numel != numel for e in encodings):

@@ -94,15 +94,33 @@ def rademacher(n: int, seed: int, device: torch.device | str = "cpu") -> torch.T
     return bits.to(torch.float32).mul_(-2.0).add_(1.0)
 
 
+@functools.lru_cache(maxsize=8)
+def _sign_lut(device: str) -> torch.Tensor:
+    """(256, 8) int32: row b, column j is bit j of byte b moved to the float32 sign bit."""
+    b = torch.arange(256, dtype=torch.int32).unsqueeze(1)
+    j = torch.arange(8, dtype=torch.int32)
+    return ((b >> j) & 1).bitwise_left_shift_(31).to(device)
+
+
+def sign_masks(n: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """n int32 words, each 0 or the float32 sign bit: the Rademacher signs of `rademacher(n, seed)`
+    (bit j of random byte i is the sign of coordinate 8i + j), expanded by one table lookup."""
+    g = torch.Generator().manual_seed(seed)
+    raw = torch.randint(0, 256, ((n + 7) // 8,), generator=g, dtype=torch.uint8).to(device)
+    return _sign_lut(str(torch.device(device))).index_select(0, raw.int()).view(-1)[:n]
+
+
 def apply_signs_(y: torch.Tensor, seed: int) -> torch.Tensor:
     """In place y *= rademacher(len(y), seed), done by flipping float32 sign bits (no float temp)."""
-    n = y.numel()
-    g = torch.Generator().manual_seed(seed)
-    raw = torch.randint(0, 256, ((n + 7) // 8,), generator=g, dtype=torch.uint8).to(y.device)
-    shifts = torch.arange(8, dtype=torch.uint8, device=y.device)
-    bits = (raw.unsqueeze(1) >> shifts).bitwise_and_(1).view(-1)[:n].to(torch.int32).bitwise_left_shift_(31)
-    y.view(torch.int32).bitwise_xor_(bits)
+    y.view(torch.int32).bitwise_xor_(sign_masks(y.numel(), seed, y.device))
     return y
+
+
+def signed_copy(x: torch.Tensor, seed: int, out: torch.Tensor) -> torch.Tensor:
+    """out[:len(x)] = rademacher(len(x), seed) * x for a contiguous float32 x, in one pass."""
+    n = x.numel()
+    torch.bitwise_xor(x.view(torch.int32), sign_masks(n, seed, x.device), out=out[:n].view(torch.int32))
+    return out
 
 
 def rotation_seed(ctx: Context, tag: str = "rht") -> int:

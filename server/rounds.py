@@ -25,10 +25,9 @@ import torch
 from thinwire import checkpoint
 from thinwire.config import RunConfig, to_dict, write_resolved_config
 from thinwire.faults.crash import crash_point
-from thinwire.errors import ConfigError
 from thinwire.metrics import MetricsWriter
-from thinwire.rundir import make_dir
-from thinwire.task import Task, decode_result
+from thinwire.rundir import check_resume_settings, make_dir
+from thinwire.task import Task, decode_result_split
 
 from thinwire.server.driver import RoundPolicy
 from thinwire.server.strategy import Result, RoundView, Strategy
@@ -222,9 +221,10 @@ class RoundEngine:
             return "late"
         task = self.tasks_by_round[ev.round][ev.client_id]
         try:
-            tensors = decode_result(ev.payload, task, self.transport.segments, ev.holes)
+            tensors, encoded = decode_result_split(ev.payload, task, self.transport.segments, ev.holes,
+                                                   keep_encoded=self.strategy.folds_encoded)
             self.strategy.accept(Result(client_id=ev.client_id, round=ev.round, job=ev.job, task=task,
-                                        tensors=tensors, scalars=dict(ev.scalars), time=ev.time))
+                                        tensors=tensors, scalars=dict(ev.scalars), time=ev.time, encoded=encoded))
             crash_point("after_fold", ev.round)
         except ValueError as e:
             ev.answer("refused", str(e))
@@ -232,7 +232,7 @@ class RoundEngine:
                 view.lost.add(ev.client_id)
             return "refused"
         finally:
-            tensors = None      # a decoded tensor may view the sender's buffer: drop it before replying
+            tensors = encoded = None    # a decoded tensor may view the sender's buffer: drop it before replying
         if current:
             view.arrived[ev.client_id] = ev.time
         else:
@@ -297,15 +297,7 @@ class RoundEngine:
 # -- run files ------------------------------------------------------------------------------------
 def check_resume_config(stored: dict[str, Any] | None, current: dict[str, Any]) -> None:
     """Refuse to resume a run directory under different settings; names the fields that differ."""
-    if stored is None:
-        return
-    diff = sorted(k for k in set(stored) | set(current)
-                  if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
-    if diff:
-        detail = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in diff[:6])
-        raise ConfigError("resume", f"the run directory was made with other settings ({detail}{', ...' if len(diff) > 6 else ''})",
-                          "the same settings (only " + ", ".join(sorted(RESUMABLE_CHANGES)) + " may change), "
-                          "or a new --name / out-dir")
+    check_resume_settings(stored, current, RESUMABLE_CHANGES)
 
 
 def summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
@@ -325,6 +317,9 @@ def summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
         "hole_chunks": sum(m["hole_chunks"] for m in metrics),
         "retransmitted_chunks": sum(m["retransmitted_chunks"] for m in metrics),
         "rejected_pushes": sum(m["rejected_pushes"] for m in metrics),
+        # trust in aggregation (issue 23): the privacy spent so far, updates the norm bound refused
+        **({"dp_epsilon": last["dp_epsilon"], "dp_delta": last["dp_delta"]} if "dp_epsilon" in last else {}),
+        **({"norm_rejected": sum(m.get("norm_rejected", 0) for m in metrics)} if "norm_rejected" in last else {}),
     }
 
 

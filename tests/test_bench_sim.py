@@ -30,7 +30,27 @@ def test_bench_sim_thinwire_only(tmp_path):
     tw = doc["thinwire"]
     assert doc["flower"] is None and doc["comparison"] == {}
     assert [r["round"] for r in tw["curve"]] == [1, 2]
-    assert tw["wall_s"] > 0 and tw["bytes_up"] > 0 and tw["time_s"] > 0
+    _check_thinwire_side(tw, _args(tmp_path), tmp_path / "check")
+
+
+def _check_thinwire_side(tw, args, out_dir) -> None:
+    """What the thinwire side reports, against what the workload implies."""
+    cfg = sim.workload(args, str(out_dir))
+    _, model = sim.initial_model(cfg)
+    numel = sum(p.numel() for p in model.parameters())
+    assert (cfg.codec, cfg.per_round, cfg.profile) == ("identity", 3, "uniform")
+    # bytes up: identity codec = 4 bytes per parameter per update, 3 updates per round, plus a
+    # header of under 1 KiB per update; the summary is the sum of the rounds.
+    assert tw["bytes_up"] == sum(r["bytes_up"] for r in tw["curve"])
+    for r in tw["curve"]:
+        assert 3 * 4 * numel <= r["bytes_up"] <= 3 * (4 * numel + 1024), (r["bytes_up"], numel)
+    # simulated time: a round cannot close before one update of 4 * numel bytes crossed an uplink,
+    # and the uniform profile's fastest uplink is 1.5 x --bandwidth-mbps.
+    assert tw["time_s"] == pytest.approx(tw["curve"][-1]["time"])
+    per_round = [b["time"] - a["time"] for a, b in zip([{"time": 0.0}] + tw["curve"], tw["curve"])]
+    assert min(per_round) >= 4 * numel * 8 / (1.5 * cfg.bandwidth_mbps * 1e6), per_round
+    # the bench's wall clock wraps the engine's (which starts after argument checks)
+    assert tw["wall_s"] >= tw["curve"][-1]["wall_time"]
 
 
 @pytest.mark.skipif(not HAVE_FLWR, reason="flwr not installed (pip install -e '.[bench]')")
@@ -38,13 +58,18 @@ def test_bench_sim_side_by_side(tmp_path):
     png = tmp_path / "bench.png"
     assert sim.run(_args(tmp_path, plot=str(png))) == 0
     doc = json.loads((tmp_path / "bench.json").read_text())
+    data, _ = sim.initial_model(sim.workload(_args(tmp_path), str(tmp_path / "check")))
+    n_test = len(data.test_data()[1])
     for side in ("thinwire", "flower"):
         curve = doc[side]["curve"]
         assert [r["round"] for r in curve] == [1, 2]
-        assert all(0.0 <= r["accuracy"] <= 1.0 for r in curve)
-        assert doc[side]["wall_s"] > 0
-    assert doc["comparison"]["wall_ratio_thinwire_over_flower"] > 0
-    assert png.stat().st_size > 0
+        # accuracy is a count of the same test set on both sides: a multiple of 1 / n_test
+        assert all(abs(r["accuracy"] * n_test - round(r["accuracy"] * n_test)) < 1e-6 for r in curve)
+        assert doc[side]["wall_s"] >= curve[-1]["wall_time"]
+    _check_thinwire_side(doc["thinwire"], _args(tmp_path), tmp_path / "check")
+    assert doc["comparison"]["wall_ratio_thinwire_over_flower"] == pytest.approx(
+        doc["thinwire"]["wall_s"] / doc["flower"]["wall_s"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
 
 
 def test_workload_is_the_issue_s(tmp_path):

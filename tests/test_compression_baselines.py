@@ -71,7 +71,19 @@ def test_qsgd_unbiased_with_variance_bound(coding):
         acc += xh
     v = sum(single) / T
     bound = min(x.numel() / s ** 2, math.sqrt(x.numel()) / s)  # QSGD Lemma 3.1
-    assert 0 < v <= bound
+    assert v <= bound
+    # Exact for this x: coordinate i rounds r_i = s|x_i|/|x| up with probability p_i = frac(r_i), so
+    # its error is c (b_i - p_i), c = |x|/s, b_i ~ Bernoulli(p_i): E[err^2] = c^2 p(1-p) and
+    # Var[err^2] = c^4 (p (1-p)^4 + (1-p) p^4) - (c^2 p (1-p))^2. The mean of T trials is within 5
+    # standard errors of sum_i E[err_i^2] / |x|^2.
+    xd = x.double()
+    r = xd.abs() / xd.norm() * s
+    p = r - r.floor()
+    c2 = float(xd.norm()) ** 2 / s ** 2
+    expect = float((c2 * p * (1 - p)).sum()) / float(xd.norm()) ** 2
+    var = c2 ** 2 * (p * (1 - p) ** 4 + (1 - p) * p ** 4) - (c2 * p * (1 - p)) ** 2
+    se = math.sqrt(float(var.sum()) / T) / float(xd.norm()) ** 2
+    assert abs(v - expect) <= 5 * se, (v, expect, se)
     # unbiased: error of the mean is v/T (no bias term); band is ~6 sd of a sum of d terms
     assert stats.vnmse(acc / T, x) == pytest.approx(v / T, rel=0.15)
 

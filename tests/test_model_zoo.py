@@ -11,6 +11,13 @@ from thinwire.errors import ConfigError
 from thinwire.models import build_model, check_model_fits_data, num_parameters
 from thinwire.training import evaluate, get_flat
 
+
+@pytest.fixture(autouse=True)
+def _keep_global_rng():
+    """These tests leave torch's global RNG as they found it (other test files draw from it)."""
+    with torch.random.fork_rng(devices=[]):
+        yield
+
 # (name, input shape, classes, stated parameter range)
 SIZES = [
     ("resnet20", (3, 32, 32), 10, (0.26e6, 0.28e6)),     # He et al.: 0.27M

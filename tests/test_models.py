@@ -21,7 +21,25 @@ def test_output_shapes_for_images(name, shape):
     assert out.shape == (3, 10)
     loss = nn.functional.cross_entropy(out, torch.tensor([0, 1, 2]))
     loss.backward()
+    # every parameter gets a gradient, and it is the loss's derivative: along a random direction u
+    # the central difference (f(w + eps u) - f(w - eps u)) / 2 eps (float64, eps = 1e-6, error
+    # O(eps^2) away from ReLU kinks) equals <grad, u> to 1e-6 relative.
     assert all(p.grad is not None for p in model.parameters())
+    x, y = torch.rand(3, *shape, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2])
+    m64 = model.double()
+    m64.zero_grad()
+    nn.functional.cross_entropy(m64(x.double()), y).backward()
+    w = torch.nn.utils.parameters_to_vector(m64.parameters()).detach()
+    g = torch.cat([p.grad.reshape(-1) for p in m64.parameters()])
+    u = torch.randn(w.numel(), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    eps = 1e-6
+
+    def f(v):
+        torch.nn.utils.vector_to_parameters(v, m64.parameters())
+        with torch.no_grad():
+            return float(nn.functional.cross_entropy(m64(x.double()), y))
+    fd = (f(w + eps * u) - f(w - eps * u)) / (2 * eps)
+    assert fd == pytest.approx(float(g @ u), rel=1e-6, abs=1e-9)
 
 
 @pytest.mark.parametrize("name", ["mlp", "logreg"])

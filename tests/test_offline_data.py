@@ -20,6 +20,13 @@ from thinwire.models import build_model, model_from_config
 from thinwire.training import evaluate, local_train
 
 
+@pytest.fixture(autouse=True)
+def _keep_global_rng():
+    """These tests leave torch's global RNG as they found it (other test files draw from it)."""
+    with torch.random.fork_rng(devices=[]):
+        yield
+
+
 def _indices(fd):
     return [fd.client_indices(k).tolist() for k in range(fd.num_clients)]
 

@@ -199,3 +199,114 @@ def test_gilbert_pattern_share_and_bursts():
     assert abs(p - 0.05) < 5 * se
     starts = (pat[:, 1:] & ~pat[:, :-1]).sum()
     assert (pat[:, 1:].sum() / starts) == pytest.approx(3.0, rel=0.2)   # mean burst length
+
+
+# -- SR-SGC: rounds GC alone absorbed are skipped by both model checks (docs/sgc.md) ----------------
+def _hand_profile(strag_rounds: list[set], n: int) -> np.ndarray:
+    """Load-0 times: 1.0 s, 3.0 s for a straggler. With mu = 1 and sec_per_load = 0 the cut is
+    2.0 s, so a round lasts 1.0 (no straggler), 2.0 (stragglers tolerated) or 3.0 (a wait)."""
+    L0 = np.ones((n, len(strag_rounds)))
+    for r, ws in enumerate(strag_rounds):
+        L0[sorted(ws), r] = 3.0
+    return L0
+
+
+def test_srsgc_round_by_round_on_a_hand_checked_profile():
+    """n = 4, (B, W, lambda) = (1, 2, 2): s = ceil(1 * 2 / (2 - 1 + 1)) = 1, T = 1, 5 jobs.
+    Stragglers per round: r0 {0}, r1 {0, 1}, r2 {}, r3 {2}, r4 {2, 3}, r5 {}.
+    By hand (a job decodes with n - s = 3 distinct rows over rounds t and t + 1):
+      r0: 1 straggler <= s, nobody repeats -> absorbed by GC; job 0 has rows {1,2,3}: decoded.  2.0
+      r1: {0, 1}: lambda 2 >= 2 distinct; worker 0 straggled in r0, but r0 was absorbed, so no burst
+          check counts it -> tolerated; job 1 has rows {2, 3}: pending.                        2.0
+      r2: job 1 misses v = 2 > s rows -> v - s = 1 worker (lowest id: 0) repeats job 1; no
+          stragglers; job 1 gets row 0 -> {0,2,3} decoded; job 2 gets rows {1,2,3} decoded.  1.0
+      r3: {2}: r2 had a repeat (not absorbed) but no stragglers -> tolerated; job 3 decoded.   2.0
+      r4: {2, 3}: worker 2 straggled in r3, absorbed (no repeat, 1 <= s) -> tolerated; job 4
+          has rows {0, 1}: pending.                                                         2.0
+      r5 (tail): job 4 misses {2, 3} -> worker 2 repeats it, the others idle; no stragglers;
+          job 4 gets row 2 -> decoded.                                                      1.0
+    Runtime 10.0, no waits. Counting r0 and r3 in the burst check (the strict reading) turns
+    r1 and r4 into waits (3.0 each, every worker delivers, no repeats needed): 2+3+1+2+3 = 11."""
+    n, J = 4, 5
+    L0 = _hand_profile([{0}, {0, 1}, set(), {2}, {2, 3}, set()], n)
+    res = simulate(SRSGC(n, J, B=1, W=2, lam=2), L0, mu=1.0, sec_per_load=0.0)
+    assert res.durations.tolist() == [2.0, 2.0, 1.0, 2.0, 2.0, 1.0]
+    assert res.waits == 0 and res.runtime == 10.0 and res.fallbacks == 0
+    assert res.job_done_time.tolist() == [2.0, 5.0, 5.0, 7.0, 10.0]      # clock at the end of r0, r2, r2, r3, r5
+    strict = simulate(SRSGC(n, J, B=1, W=2, lam=2, exempt=False), L0, mu=1.0, sec_per_load=0.0)
+    assert strict.durations.tolist() == [2.0, 3.0, 1.0, 2.0, 3.0] and strict.waits == 2
+
+
+def test_srsgc_tail_round_with_nothing_pending_costs_nothing():
+    """n = 4, (B, W, lambda) = (2, 3, 2): s = ceil(2 * 2 / (3 - 1 + 2)) = 1, T = 2, 3 jobs.
+    Stragglers: r0 {}, r1 {}, r2 {0, 1}, r3 {}, r4 {}.
+      r0, r1: no stragglers, jobs 0 and 1 decode at once.                                  1.0, 1.0
+      r2: 2 distinct stragglers <= lambda, no earlier ones -> tolerated; job 2 has {2, 3}.   2.0
+      r3 (tail): its pending job (3 - B = 1) decoded in r1, no job 3 -> no work: skipped.   0.0
+      r4 (tail): job 2 misses {0, 1} -> worker 0 repeats it -> {0, 2, 3}: decoded.          1.0"""
+    n, J = 4, 3
+    L0 = _hand_profile([set(), set(), {0, 1}, set(), set()], n)
+    res = simulate(SRSGC(n, J, B=2, W=3, lam=2), L0, mu=1.0, sec_per_load=0.0)
+    assert res.durations.tolist() == [1.0, 1.0, 2.0, 0.0, 1.0] and res.runtime == 5.0 and res.waits == 0
+
+
+def _authors_srsgc(delays: np.ndarray, n: int, B: int, W: int, lam: int, J: int, mu: float,
+                   burst_skips_absorbed: bool = True) -> tuple[list[float], int]:
+    """The authors' SR-SGC master (Sequential-Gradient-Coding-2, selective_repeat_sgc.py, as
+    described in /work/shared/specs/sgc.md §3) written independently as a (worker x round) state
+    matrix: the job each worker returned, -1 for a straggler. Rounds GC absorbed (no repeat,
+    <= s stragglers) are dropped from the model history; the last T rounds are skipped when their
+    pending job is already decodable. Returns (round durations, waits)."""
+    s = math.ceil(B * lam / (W - 1 + B))
+    R = J + B
+    state = np.full((n, R), -2)
+    absorbed = np.zeros(R, dtype=bool)
+    durations, waits = [], 0
+    for r in range(R):
+        j = r - B
+        if r >= J and (state[:, j] == j).sum() >= n - s:
+            durations.append(0.0)
+            continue
+        result = np.full(n, r)
+        repeats = False
+        if j >= 0:
+            missing = np.flatnonzero(state[:, j] != j)
+            if len(missing) > s:
+                result[missing[: len(missing) - s]] = j
+                repeats = True
+        d = delays[:, r]
+        cut = (1 + mu) * d.min()
+        strag = d > cut
+        straggled = state == -1
+        straggled[:, absorbed] = False
+        lo = max(0, r + 1 - W)
+        spatial_ok = (straggled[:, lo:r].any(axis=1) | strag).sum() <= lam
+        burst_hist = straggled if burst_skips_absorbed else state == -1
+        burst_ok = not (burst_hist[:, lo:max(0, r + 1 - B)].any(axis=1) & strag).any()
+        if spatial_ok and burst_ok:
+            result[strag] = -1
+            durations.append(min(cut, d.max()))
+            absorbed[r] = not repeats and strag.sum() <= s
+        else:
+            durations.append(d.max())
+            waits += 1
+        state[:, r] = result
+        if j >= 0 and (state[:, j] == j).sum() + (state[:, r] == j).sum() < n - s:
+            raise RuntimeError(f"job {j} not decodable in round {r}")
+    return durations, waits
+
+
+@pytest.mark.parametrize("B,W,lam", [(1, 2, 4), (1, 3, 5), (2, 3, 5), (2, 5, 6)])
+def test_srsgc_runtime_equals_the_authors_simulator_round_for_round(B, W, lam):
+    """Same profile (Gilbert bursts, which break the model often), same parameters: every round's
+    duration and the wait count equal the reference above; the strict reading (absorbed rounds
+    counted in the burst check) differs on this profile, so the comparison can tell them apart."""
+    n, J, mu = 16, 60, 1.0
+    L0 = load0_profile(gilbert_pattern(n, J + B, 0.08, 2.0, seed=7), seed=7)
+    sch = SRSGC(n, J, B, W, lam)
+    ours = simulate(sch, L0, mu)
+    ref, ref_waits = _authors_srsgc(delay_profile(L0, sch.load), n, B, W, lam, J, mu)
+    got = ours.durations.tolist() + [0.0] * (len(ref) - ours.rounds)    # after the last decode: skipped
+    assert got == pytest.approx(ref, abs=1e-12) and ours.waits == ref_waits and ours.fallbacks == 0
+    strict, _ = _authors_srsgc(delay_profile(L0, sch.load), n, B, W, lam, J, mu, burst_skips_absorbed=False)
+    assert sum(strict) > sum(ref) + 1e-9

@@ -33,6 +33,8 @@ DATASETS = ("digits", "synthetic", "mnist", "fashion-mnist", "cifar10", "npz", "
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 MODELS_HELP = ("mlp, lenet, logreg, resnet20, resnet18, resnet20-bn, resnet18-bn, fedavg-cnn, charlm "
                "or module:function")
+NORM_BOUND_MODES = ("clip", "reject")                                  # issue 23
+ATTACKS = ("none", "scale", "sign_flip", "noise", "label_flip")        # issue 23
 PROFILES = ("uniform", "lognormal", "mobile", "datacenter", "trace")
 STRAGGLER_MODELS = ("none", "iid", "gilbert", "trace", "bursty")
 LOSS_MODELS = ("none", "iid", "gilbert")
@@ -130,6 +132,10 @@ def check_model(name: str, model: str) -> None:
         raise ConfigError(name, f"unknown model {model!r}", MODELS_HELP)
 
 
+STATE_STORES = ("files", "memory")          # thinwire.sim.store (issue 21)
+STATE_DTYPES = ("float32", "float16")
+
+
 # -- the federated run (simulation and served mode share it) ----------------------------------
 @dataclass
 class RunConfig:
@@ -224,6 +230,31 @@ class RunConfig:
     progress: bool = _f(True, "show a progress bar")
     tensorboard: bool = _f(False, "also write TensorBoard event files to RUN_DIR/tensorboard "
                            "(pip install 'thinwire[tensorboard]')")
+    # -- trust in aggregation: robust rules, norm bound, attacks, central DP (issue 23) -------------
+    norm_bound: float = _f(0.0, "per-client update L2 bound C applied by the server before aggregating (0 = off)")
+    norm_bound_mode: str = _f("clip", "--norm-bound: clip an update above C to norm C, or reject it (counted as "
+                              "norm_rejected in metrics.jsonl)", choices=NORM_BOUND_MODES)
+    trim_beta: float = _f(0.1, "--strategy trimmed-mean: fraction of values cut at each end of every coordinate")
+    krum_f: int = _f(1, "--strategy krum: Byzantine clients assumed per round (f)")
+    krum_m: int = _f(1, "--strategy krum: updates averaged (1 = Krum, > 1 = multi-Krum)")
+    robust_memory_mb: float = _f(1024.0, "robust rules buffer a round's updates: refuse a run whose buffer "
+                                 "(selected per round x model x 4 B) exceeds this many MiB")
+    attack: str = _f("none", "simulated malicious clients: scale, sign_flip, noise or label_flip", choices=ATTACKS)
+    attack_fraction: float = _f(0.1, "fraction of clients that are malicious (a seeded choice)")
+    attack_scale: float = _f(1000.0, "attack strength: factor of scale / sign_flip, noise std in units of the "
+                             "honest update's RMS")
+    dp_clip: float = _f(1.0, "--strategy dp-fedavg: L2 clip C of each client's update")
+    dp_noise: float = _f(1.0, "--strategy dp-fedavg: noise multiplier z (Gaussian noise std z x C on the sum)")
+    dp_delta: float = _f(1e-5, "--strategy dp-fedavg: delta of the reported (epsilon, delta)")
+    dp_noise_seed: int = _f(-1, "--strategy dp-fedavg: seed of the noise (-1 = fresh OS randomness; a fixed "
+                            "seed makes runs reproducible but lets whoever knows it remove the noise)")
+
+    # -- client state store (issue 21)
+    state_store: str = _f("files", "where simulated clients' state (error-feedback residuals) lives: files "
+                          "under RUN_DIR/client-state (RAM bounded by one round's clients) or memory",
+                          choices=STATE_STORES)
+    state_dtype: str = _f("float32", "precision of stored float32 client state: float32 (exact) or float16 "
+                          "(half the disk and I/O, rounded)", choices=STATE_DTYPES)
 
     def validate(self) -> "RunConfig":
         from thinwire.plugins import absolute
@@ -261,6 +292,7 @@ class RunConfig:
         check_float("server_lr", self.server_lr, 0.0, lo_open=True)
         check_float("server_momentum", self.server_momentum, 0.0, 1.0, hi_open=True)
         self._validate_ntk()
+        self._validate_state_store()
         check_codec("codec", self.codec)
         check_choice("feedback", self.feedback, FEEDBACK)
         check_float("feedback_coeff", self.feedback_coeff, 0.0, 1.0)
@@ -291,6 +323,7 @@ class RunConfig:
             check_file("straggler_trace", self.straggler_trace)
         check_int("workers", self.workers, 0)
         self._validate_sgc()
+        self._validate_trust()
         self._validate_zoo()
         if self.tensorboard:
             from thinwire.metrics import TENSORBOARD_MISSING, tensorboard_available
@@ -319,6 +352,29 @@ class RunConfig:
             from thinwire.server.strategy.sgc import check_config
             check_config(self)
 
+
+    def _validate_trust(self) -> None:
+        """Robust aggregation, norm bound, attack simulation and DP settings (issue 23)."""
+        check_float("norm_bound", self.norm_bound, 0.0)
+        check_choice("norm_bound_mode", self.norm_bound_mode, NORM_BOUND_MODES)
+        check_float("trim_beta", self.trim_beta, 0.0, 0.5, hi_open=True)
+        check_int("krum_f", self.krum_f, 0)
+        check_int("krum_m", self.krum_m, 1)
+        if self.krum_m > self.selected_per_round:
+            raise ConfigError("krum_m", f"{self.krum_m} exceeds the {self.selected_per_round} clients selected per round",
+                              f"1..{self.selected_per_round}")
+        check_float("robust_memory_mb", self.robust_memory_mb, 0.0, lo_open=True)
+        check_choice("attack", self.attack, ATTACKS)
+        check_float("attack_fraction", self.attack_fraction, 0.0, 1.0)
+        check_float("attack_scale", self.attack_scale, 0.0)
+        check_float("dp_clip", self.dp_clip, 0.0, lo_open=True)
+        check_float("dp_noise", self.dp_noise, 0.0)
+        check_float("dp_delta", self.dp_delta, 0.0, 1.0, lo_open=True, hi_open=True)
+        check_int("dp_noise_seed", self.dp_noise_seed, -1)
+
+    def _validate_state_store(self) -> None:
+        check_choice("state_store", self.state_store, STATE_STORES)
+        check_choice("state_dtype", self.state_dtype, STATE_DTYPES)
 
     def _validate_zoo(self) -> None:
         """Model zoo and offline data sets (issue 21): text needs the language model and vice versa."""

@@ -17,7 +17,7 @@ import datetime as _dt
 import os
 import shutil
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Collection, TypeVar
 
 from thinwire.errors import ConfigError
 
@@ -101,6 +101,19 @@ def in_run_dir(cfg: T, command: str, *, resume: bool = False, force: bool = Fals
     directory: what every command does before it starts an engine."""
     run_dir = resolve_run_dir(cfg.out_dir, cfg.name, command=command, resume=resume, force=force)
     return dataclasses.replace(cfg, out_dir=str(run_dir.parent), name=run_dir.name)
+
+
+def check_resume_settings(stored: dict[str, Any] | None, current: dict[str, Any], may_change: Collection[str]) -> None:
+    """Refuse to resume a run directory under different settings: a one-line ConfigError on
+    `resume` naming the fields that differ (every command with --resume uses it)."""
+    if stored is None:
+        return
+    diff = sorted(k for k in set(stored) | set(current) if k not in may_change and stored.get(k) != current.get(k))
+    if diff:
+        detail = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in diff[:6])
+        raise ConfigError("resume", f"the run directory was made with other settings ({detail}{', ...' if len(diff) > 6 else ''})",
+                          "the same settings (only " + ", ".join(sorted(may_change)) + " may change), "
+                          "or a new --name / out-dir")
 
 
 def _new_unique_dir(root: Path, command: str, now: _dt.datetime) -> Path:

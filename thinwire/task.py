@@ -175,12 +175,22 @@ def _numel(shape: Sequence[int]) -> int:
 def decode_result(payload: bytes | memoryview, task: Task, segments: tuple[int, ...] | None,
                   holes: Sequence[tuple[int, int]] = ()) -> dict[str, torch.Tensor]:
     """Server side: result bytes (possibly with holes) -> named float tensors in their shapes."""
-    out = {}
+    return decode_result_split(payload, task, segments, holes)[0]
+
+
+def decode_result_split(payload: bytes | memoryview, task: Task, segments: tuple[int, ...] | None,
+                        holes: Sequence[tuple[int, int]] = (), keep_encoded: Any = None
+                        ) -> tuple[dict[str, torch.Tensor], dict[str, compression.Encoded]]:
+    """`decode_result`, except the items `keep_encoded(name, enc)` accepts stay encoded (second dict)."""
+    out, kept = {}, {}
     for item in unpack_result(payload, holes):
+        if keep_encoded is not None and keep_encoded(item.name, item.enc):
+            kept[item.name] = item.enc
+            continue
         codec = compression.get(item.enc.codec, **item.enc.params)
         ctx = task.codec_context(item.name, segments if item.model_shaped else None)
         out[item.name] = codec.decode(item.enc, ctx).reshape(item.shape)
-    return out
+    return out, kept
 
 
 def result_header(raw: bytes) -> dict[str, Any]:

@@ -24,6 +24,7 @@ class Result:
     tensors: dict[str, torch.Tensor]
     scalars: dict[str, float]
     time: float = 0.0           # arrival, seconds after its round started (virtual or wall clock)
+    encoded: dict[str, Any] = field(default_factory=dict)   # tensors the strategy folds encoded (issue 21)
 
     @property
     def num_samples(self) -> int:
@@ -63,6 +64,10 @@ class Strategy:
     def configure_client(self, rnd: int, client_id: int) -> Task:
         """The task of one selected client (default: local training, send the delta)."""
         from thinwire.client.kinds import train_params  # the train kind's field names live with the kind
+        from thinwire.client.kinds.attack import attack_params   # --attack: simulated malicious clients
+        evil = attack_params(self.cfg, client_id)
+        if evil:
+            return Task.for_config(self.cfg, rnd, client_id, "attack", **train_params(self.cfg, rnd), **evil)
         return Task.for_config(self.cfg, rnd, client_id, "train", **train_params(self.cfg, rnd))
 
     def broadcast(self, rnd: int, global_vec: torch.Tensor) -> torch.Tensor:
@@ -83,6 +88,11 @@ class Strategy:
         return None
 
     # -- aggregate ---------------------------------------------------------------------------
+    def folds_encoded(self, name: str, enc: Any) -> bool:
+        """True: hand this tensor of a result to `accept` still encoded (in `Result.encoded`, an
+        `Encoded`), not decoded into `Result.tensors` (e.g. EDEN summed in the rotated domain)."""
+        return False
+
     def begin_round(self, rnd: int, global_vec: torch.Tensor) -> None:
         raise NotImplementedError
 

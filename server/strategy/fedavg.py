@@ -8,6 +8,7 @@ import torch
 
 from thinwire.server.exact_sum import ExactSum
 from thinwire.server.strategy.base import Result, Strategy
+from thinwire.server.strategy.norm_bound import NormBound
 from thinwire.task import DEFAULT_TENSOR
 
 
@@ -19,7 +20,13 @@ class FedAvg(Strategy):
     rounded on its own to a 2**-32 grid and the weighted integers are added exactly), so a served
     run, a resumed run and a simulation of the same clients give the same model. A delta that
     could overflow the sum (or holds NaN / Inf) is refused with ValueError before anything is
-    added; the sum's storage is reused round after round."""
+    added; the sum's storage is reused round after round.
+
+    EDEN with rotation=shared (issue 21): every client of a round rotates with the same seed, so
+    the strategy keeps those payloads encoded (`folds_encoded`), sums their scaled rotated-domain
+    estimates exactly (one table lookup each, no transform) and runs one inverse transform per
+    round in `finalize`: O(n d + d log d) instead of O(n d log d). A payload whose layout differs
+    from the round's (another length or chunking) is decoded and folded as usual."""
 
     name = "fedavg"
 
@@ -30,51 +37,136 @@ class FedAvg(Strategy):
         self.velocity: torch.Tensor | None = None
         self._global: torch.Tensor | None = None
         self._sum: ExactSum | None = None
+        self.norm_bound = NormBound.from_config(cfg)     # --norm-bound C: clip or refuse, per update
+        self._rot: ExactSum | None = None            # rotated-domain sum of shared-rotation EDEN payloads
+        self._rot_layout: tuple | None = None
         self._open = False
         self._metric_sums: dict[str, float] = {}
 
     def begin_round(self, rnd: int, global_vec: torch.Tensor) -> None:
         self._global = global_vec
-        if self._sum is None or self._sum.numel != global_vec.numel():
+        if self._sum is not None and self._sum.numel != global_vec.numel():
+            self._sum = None
+        if self._sum is None and not self._rotated_codec():    # allocated up front, as before issue 21
             self._sum = ExactSum(global_vec.numel(), device=global_vec.device)
-        self._sum.reset()
+        for acc in (self._sum, self._rot):       # the rotated sum is allocated at its first fold
+            if acc is not None:
+                acc.reset()
+        self._rot_layout = None
+        if self.norm_bound is not None:
+            self.norm_bound.reset()
         self._open = True
         self._metric_sums = {}
 
+    def _rotated_codec(self) -> bool:
+        """The run's codec is EDEN with a shared rotation: its deltas fold in the rotated domain,
+        so the plain sum is only allocated if a result needs it (memory: one sum, not two)."""
+        codec = str(getattr(self.cfg, "codec", "") or "")
+        return codec.startswith("eden:") and "rotation=shared" in codec.replace(" ", "")
+
+    def folds_encoded(self, name: str, enc: Any) -> bool:
+        """Keep the model delta encoded when it is an EDEN payload with a per-round shared rotation.
+        Only for FedAvg's own `accept`: a subclass that clips, buffers or inspects each update
+        (DP-FedAvg, robust rules) and --norm-bound must see it decoded."""
+        return (type(self).accept is FedAvg.accept and self.norm_bound is None and name == DEFAULT_TENSOR
+                and enc.codec == "eden" and enc.meta.get("shared") is True)
+
     def accept(self, result: Result) -> None:
+        enc = result.encoded.get(DEFAULT_TENSOR)
+        if enc is not None:
+            metrics = {k: v for k, v in result.scalars.items() if k == "train_loss"}
+            self.fold_encoded(enc, result.num_samples, metrics)
+            return
         update = result.tensors.get(DEFAULT_TENSOR)
         if update is None:
             raise ValueError(f"result: FedAvg needs a {DEFAULT_TENSOR!r} tensor; got {sorted(result.tensors)}")
         metrics = {k: v for k, v in result.scalars.items() if k == "train_loss"}
-        self.fold(update.reshape(-1), result.num_samples, metrics)
+        update = update.reshape(-1)
+        if self.norm_bound is not None and self._global is not None and update.shape == (self._global.numel(),):
+            update = self.norm_bound.apply(update)
+        self.fold(update, result.num_samples, metrics)
 
     def fold(self, update: torch.Tensor, num_samples: int, metrics: dict[str, float] | None = None) -> None:
         """Add one delta weighted by its sample count (refusing, unchanged, what it cannot add)."""
         if not self._open:
             raise RuntimeError("accept() called before begin_round()")
-        if update.shape != (self._sum.numel,):
-            raise ValueError(f"update: shape {tuple(update.shape)} does not match model ({self._sum.numel},)")
+        assert self._global is not None
+        numel = self._global.numel()
+        if update.shape != (numel,):
+            raise ValueError(f"update: shape {tuple(update.shape)} does not match model ({numel},)")
+        if self._sum is None:
+            self._sum = ExactSum(numel, device=self._global.device)
         w = max(int(num_samples), 0)
         self._sum.add(update.float(), w)
+        self._add_metrics(metrics, w)
+
+    def fold_encoded(self, enc: Any, num_samples: int, metrics: dict[str, float] | None = None) -> None:
+        """Fold a shared-rotation EDEN payload in the rotated domain (see the class docstring)."""
+        from thinwire.compression.eden import Eden, rotated_flat, rotated_layout
+
+        if not self._open:
+            raise RuntimeError("accept() called before begin_round()")
+        assert self._global is not None
+        if enc.numel != self._global.numel():
+            raise ValueError(f"update: {enc.numel} elements do not match the model ({self._global.numel()})")
+        layout = rotated_layout(enc)
+        if self._rot_layout is not None and layout != self._rot_layout:
+            self.fold(Eden(**enc.params).decode(enc, device=self._global.device).reshape(-1), num_samples, metrics)
+            return
+        flat = rotated_flat(enc, self._global.device)
+        if self._rot is None or self._rot.numel != flat.numel():
+            self._rot = ExactSum(flat.numel(), device=self._global.device)
+        w = max(int(num_samples), 0)
+        self._rot.add(flat, w)                  # ValueError before any change, as `fold`
+        self._rot_layout = layout
+        self._add_metrics(metrics, w)
+
+    def _add_metrics(self, metrics: dict[str, float] | None, w: int) -> None:
         for k, v in (metrics or {}).items():
             self._metric_sums[k] = self._metric_sums.get(k, 0.0) + float(v) * w
+
+    def _mean_step(self) -> tuple[torch.Tensor, int, int]:
+        """(weighted mean delta, total weight, results folded) over the plain and rotated sums."""
+        from thinwire.compression.eden import unrotate_flat
+
+        plain = self._sum if self._sum is not None and self._sum.weight > 0 else None
+        rot = self._rot if self._rot is not None and self._rot.weight > 0 and self._rot_layout else None
+        count = sum(a.count for a in (self._sum, self._rot) if a is not None)
+        if rot is None:
+            if plain is None:
+                return torch.empty(0), 0, count
+            return plain.mean(), plain.weight, count
+        step = unrotate_flat(rot.mean(), self._rot_layout)     # the one inverse transform of the round
+        if plain is None:
+            return step, rot.weight, count
+        total = plain.weight + rot.weight
+        step = step.mul_(rot.weight / total).add_(plain.mean(), alpha=plain.weight / total)
+        return step, total, count
 
     def finalize(self) -> tuple[torch.Tensor, dict[str, float]]:
         assert self._open and self._global is not None, "finalize() before begin_round()"
         self._open = False
-        if self._sum.weight <= 0:
-            return self._global.clone(), {"aggregated": 0}
-        step = self._sum.mean().to(self._global.dtype)
+        bound = self.norm_bound.metrics() if self.norm_bound is not None else {}
+        step, weight, count = self._mean_step()
+        if weight <= 0:
+            return self._global.clone(), {"aggregated": 0, **bound}
+        new = self.apply_step(step.to(self._global.dtype))
+        metrics = {k: v / weight for k, v in self._metric_sums.items()}
+        metrics["aggregated"] = count
+        metrics.update(bound)
+        return new, metrics
+
+    def apply_step(self, step: torch.Tensor) -> torch.Tensor:
+        """global + server_lr x step (through the server momentum when it is on). Consumes `step`:
+        without momentum the new model is computed in its storage (no fifth model-sized buffer at
+        11M parameters, issue 21)."""
         if self.server_momentum > 0:
             if self.velocity is None:
                 self.velocity = step
             else:
                 self.velocity.mul_(self.server_momentum).add_(step)
-            step = self.velocity
-        new = torch.add(self._global, step, alpha=self.server_lr)
-        metrics = {k: v / self._sum.weight for k, v in self._metric_sums.items()}
-        metrics["aggregated"] = self._sum.count
-        return new, metrics
+            return torch.add(self._global, self.velocity, alpha=self.server_lr)
+        return step.mul_(self.server_lr).add_(self._global) if self.server_lr != 1.0 else step.add_(self._global)
 
     def state_dict(self) -> dict[str, Any]:
         return {"velocity": self.velocity}

@@ -11,7 +11,10 @@ from thinwire.server.strategy.fedavg import FedAvg, FedAvgM
 _REGISTRY: dict[str, Callable[[Any], Strategy]] = {"fedavg": FedAvg, "fedavgm": FedAvgM}
 #: built-in strategies defined in their own modules, imported on first use: name -> module
 BUILTIN_MODULES: dict[str, str] = {"ntk": "thinwire.server.strategy.ntk",
-                                   **{name: "thinwire.server.strategy.sgc" for name in ("uncoded", "gc", "sr-sgc", "m-sgc")}}
+                                   **{name: "thinwire.server.strategy.sgc" for name in ("uncoded", "gc", "sr-sgc", "m-sgc")},
+                                   # robust rules and central DP (issue 23)
+                                   **{name: "thinwire.server.strategy.robust" for name in ("median", "trimmed-mean", "krum")},
+                                   "dp-fedavg": "thinwire.server.strategy.dp"}
 
 
 def register(name: str, factory: Callable[[Any], Strategy] | None = None):

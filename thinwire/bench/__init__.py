@@ -20,7 +20,13 @@ BENCHES: dict[str, tuple[str, str]] = {
                       "label-pairs split"),
     "gpu": ("thinwire.bench.gpu", "EDEN encode+decode on CUDA, DDP + hook over NCCL, memory bandwidth"),
     "sgc": ("thinwire.bench.sgc", "uncoded / GC / SR-SGC / M-SGC runtime under bursty stragglers"),
+    "peerloss": ("thinwire.bench.peerloss", "allreduce / decentralized: seconds from a killed or stopped peer to "
+                 "the run's one-line exit"),
     "soak": ("thinwire.bench.soak", "long served run: server RSS slope per round, CPU per round, p99 push latency"),
+    "trust": ("thinwire.bench.trust", "robust rules vs scaled-update attackers, DP-FedAvg accuracy at its epsilon, "
+              "secure-aggregation bytes and exactness"),
+
+    "store": ("thinwire.bench.store", "client state store at model size: GB/s read and written, peak RSS, exactness"),
     # -- real model sizes (issue 21)
     "scale": ("thinwire.bench.scale", "every engine at d = 0.27M..11M: wall per round vs the local training floor, "
               "peak RSS, bytes, accuracy"),

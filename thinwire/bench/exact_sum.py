@@ -1,14 +1,16 @@
 """`thinwire bench exactsum`: cost of folding one update into the server's sum, float32 vs exact.
 
 Times, on the same vector and in alternation: the plain float32 `sum.add_(x, alpha=w)`, the
-FedAvg fold of main (float32 add plus its aminmax overflow guard), and `ExactSum.add` (int64
-fixed point, order-independent). Prints the median and spread of each and the ratio.
+FedAvg fold of main (float32 add plus its aminmax overflow guard), the int64 fixed-point fold
+ExactSum used before issue 21, and `ExactSum.add` now (the exact float64 partial of integers).
+Prints the median and spread of each and the ratio.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import statistics
 import time
 
@@ -22,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=15, help="timed folds per method (default: %(default)s)")
     parser.add_argument("--block", type=int, default=DEFAULT_BLOCK, help="ExactSum scratch block, coordinates")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    parser.add_argument("--clock", default="cpu", choices=("cpu", "wall"),
+                        help="cpu: this thread's CPU time (robust to other processes' load on a shared "
+                        "host); wall: elapsed time (default: %(default)s)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
 
@@ -50,21 +55,38 @@ def run(args: argparse.Namespace) -> int:
     def exact_add():
         exact.add(x, 37)
 
-    methods = {"float32 add_": fp32_add, "FedAvg fold (guard + add_)": fedavg_fold, "ExactSum.add": exact_add}
+    tot64 = torch.zeros(numel, dtype=torch.int64)
+    f32s = torch.empty(args.block)
+    i64s = torch.empty(args.block, dtype=torch.int64)
+    scale = 2.0 ** 32
+
+    def int64_fold():                           # ExactSum.add before issue 21: every update via int64
+        for a in range(0, numel, args.block):
+            b = min(a + args.block, numel)
+            f, i = f32s[:b - a], i64s[:b - a]
+            torch.mul(x[a:b], scale, out=f).round_()
+            i.copy_(f)
+            tot64[a:b].add_(i, alpha=37)
+
+    methods = {"float32 add_": fp32_add, "FedAvg fold (guard + add_)": fedavg_fold,
+               "int64 fold (before issue 21)": int64_fold, "ExactSum.add": exact_add}
     times: dict[str, list[float]] = {k: [] for k in methods}
     for fn in methods.values():                 # warm-up (page faults of the accumulators)
         fn()
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     for _ in range(args.repeats):
         for name, fn in methods.items():        # alternated, so drift hits every method alike
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
             if name == "ExactSum.add" and exact.bound > 1 << 60:
                 exact.reset()
+            if name.startswith("int64") and (_ + 1) % 1000 == 0:
+                tot64.zero_()
     base = statistics.median(times["float32 add_"])
     rows = []
     print(f"fold of one {args.mb:g} MB float32 update ({numel} coordinates), {args.threads} thread(s), "
-          f"{args.repeats} alternated repeats")
+          f"{args.repeats} alternated repeats, {args.clock} time, load avg {os.getloadavg()[0]:.1f}")
     for name, ts in times.items():
         med = statistics.median(ts)
         rows.append({"method": name, "median_ms": med * 1e3, "min_ms": min(ts) * 1e3, "max_ms": max(ts) * 1e3,

@@ -63,6 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=12, help="allreduce / decentralized steps (default: 12)")
     p.add_argument("--workers", type=int, default=0, help="simulation workers / peers (default: cores, >= 2 peers)")
     p.add_argument("--codec", default="identity", help="update codec of the federated runs (default: identity)")
+    p.add_argument("--feedback", default="none", help="client error feedback of the federated runs: none, ef, def, "
+                   "defa (default: none)")
     p.add_argument("--batch-size", type=int, default=16, help="batch size everywhere (default: 16)")
     p.add_argument("--driver-threads", type=int, default=0,
                    help="torch threads of the simulate driver while it runs (default 0: torch's default, what "
@@ -253,7 +255,8 @@ def federated_config(args, model: str, out_dir: str, name: str, workers: int = 0
         "dataset": args.dataset, "clients": args.clients, "per_round": args.per_round,
         "partition": "natural" if args.dataset == "stdlib-text" else "dirichlet", "alpha": 0.5,
         "model": model, "lr": 0.05, "momentum": 0.0, "batch_size": args.batch_size,
-        "local_epochs": args.local_epochs, "codec": args.codec, "workers": workers, "progress": False,
+        "local_epochs": args.local_epochs, "codec": args.codec, "feedback": args.feedback, "workers": workers,
+        "progress": False,
     })
 
 
@@ -503,7 +506,7 @@ def run(args: argparse.Namespace) -> int:
     cores = os.cpu_count() or 1
     data = federate(args.dataset, args.clients, "natural" if args.dataset == "stdlib-text" else "iid", seed=args.seed)
     print(f"bench scale: {args.dataset}, {args.clients} clients x {args.per_round} per round, {args.rounds} rounds, "
-          f"batch {args.batch_size}, codec {args.codec}; peer engines {args.steps} steps; {cores} CPUs; "
+          f"batch {args.batch_size}, codec {args.codec}, feedback {args.feedback}; peer engines {args.steps} steps; {cores} CPUs; "
           f"load {open('/proc/loadavg').read().split()[:3]}", flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="thinwire-bench-scale-") as tmp:

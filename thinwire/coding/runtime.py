@@ -2,7 +2,8 @@
 and the paper's parameter search (probe profile -> parameters minimising simulated runtime).
 
 A round closes at min((1+mu) * fastest, slowest) when the scheme tolerates the round's stragglers
-(workers slower than (1+mu) * fastest), else at the slowest worker (a "wait"). The run ends when
+(workers slower than (1+mu) * fastest), else at the slowest worker (a "wait"); a round with no work
+planned (a tail round whose pending job already decoded) is skipped at no cost. The run ends when
 the last job decodes. Delays at the scheme's load are load-0 delays + load x seconds per unit load.
 """
 from __future__ import annotations
@@ -47,7 +48,12 @@ def simulate(scheme: Scheme, load0: np.ndarray, mu: float = 1.0, sec_per_load: f
         cut = (1.0 + mu) * fast
         strag = d > cut
         plan = scheme.plan(r)
-        if scheme.tolerable(r, plan, strag):
+        if not (plan.job >= 0).any():
+            # Nothing to compute (a tail round whose pending job already decoded, e.g. SR-SGC
+            # after a round without repetition): skipped, it costs no time (as in the authors'
+            # simulator) and no worker straggles in it.
+            dur, received, strag = 0.0, np.ones(scheme.n, dtype=bool), np.zeros(scheme.n, dtype=bool)
+        elif scheme.tolerable(r, plan, strag):
             dur = min(cut, d.max())
             received = ~strag
         else:

@@ -299,13 +299,15 @@ class SRSGC(Scheme):
     def model_ok(self, r: int, stragglers: np.ndarray) -> bool:
         past = self.hist
         if self.exempt and past.shape[1]:
-            # Rounds GC alone absorbed (nobody repeating, <= s stragglers) do not count against lambda.
-            busy = self._busy[-past.shape[1]:]
-            keep = np.array([b or past[:, k].sum() > self.s for k, b in enumerate(busy)], dtype=bool)
-            spatial = past[:, keep]
-            if int((spatial.any(axis=1) | stragglers).sum()) > self.lam:
-                return False
-            return bursty_conforms(past, stragglers, self.B, self.W, self.n)
+            # A past round GC alone absorbed (nobody repeating, <= s stragglers) is erased from the
+            # history for BOTH checks (lambda budget and burst length), as in the authors'
+            # simulator: its job decoded in that round and no later plan depends on who straggled
+            # in it, so the run is the same as on the pattern without those stragglers
+            # (docs/sgc.md gives the argument).
+            busy = ([True] * past.shape[1] + self._busy)[-past.shape[1]:]   # unknown: not absorbed
+            absorbed = np.array([not b and past[:, k].sum() <= self.s for k, b in enumerate(busy)], dtype=bool)
+            past = past.copy()
+            past[:, absorbed] = False
         return bursty_conforms(past, stragglers, self.B, self.W, self.lam)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from thinwire.collective.group import BACKENDS
+from thinwire.collective.group import BACKENDS, PEER_TIMEOUT_S, check_peer_timeout
 from thinwire.collective.reducer import parse_codec
 from thinwire.config import MODELS_HELP, _f, check_choice, check_float, check_int, check_model
 from thinwire.errors import ConfigError
@@ -57,6 +57,8 @@ class AllreduceConfig:
     threads: int = _f(1, "torch threads per worker")
     port: int = _f(0, "rendezvous TCP port (0 = a free port)")
     ray_address: str = _f("", "attach to an existing Ray cluster (auto or HOST:PORT); empty = local")
+    peer_timeout: float = _f(PEER_TIMEOUT_S, "seconds a rank may stay silent once another rank has finished, and "
+                             "the process-group timeout: a lost worker ends the run within about this long")
     progress: bool = _f(True, "show a progress bar")
     plots: bool = _f(True, "write PNG plots into the run directory")
 
@@ -95,6 +97,7 @@ class AllreduceConfig:
                               "either a fixed --straggler-worker or --straggler-random")
         check_int("threads", self.threads, 1)
         check_int("port", self.port, 0, 65535)
+        check_peer_timeout(self.peer_timeout)
         return self
 
     @property

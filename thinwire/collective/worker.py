@@ -199,6 +199,36 @@ class CollectiveWorker(Peer):
         c, ls, n = tot.tolist()
         return {"accuracy": c / max(n, 1.0), "loss": ls / max(n, 1.0), "eval_allreduce_bytes": eval_bytes}
 
+    # checkpoints -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything this rank needs to continue bit for bit (on CPU): x, momentum, the error-feedback
+        memory (DEF/DEF-A residual), BatchNorm buffers, the step and byte counters, torch's RNG."""
+        st = self.state
+        bufs = float_buffers(self.model)
+        return {"rank": self.rank, "step": self.step, "bytes_total": self.bytes_total,
+                "x": st.x.detach().cpu().clone(), "m": st.m.detach().cpu().clone(),
+                "memory": None if st.memory is None else st.memory.state_dict(),
+                "buffers": torch.cat([b.reshape(-1) for b in bufs]).cpu() if bufs else None,
+                "rng": torch.get_rng_state()}
+
+    def load_state_dict(self, d: dict[str, Any]) -> int:
+        """Continue from `state_dict()` output (after `configure` with the same settings)."""
+        st = self.state
+        if int(d["rank"]) != self.rank or d["x"].numel() != st.x.numel():
+            raise ConfigError("resume", f"checkpoint state of rank {d['rank']} ({d['x'].numel()} parameters) does "
+                              f"not fit rank {self.rank} ({st.x.numel()} parameters)", "the same run's checkpoint")
+        st.x.copy_(d["x"].to(self.device))
+        st.m.copy_(d["m"].to(self.device))
+        if st.memory is not None:
+            st.memory.load_state_dict(d["memory"])
+            if st.memory.residual is not None:
+                st.memory.residual = st.memory.residual.to(self.device)
+        if d.get("buffers") is not None:
+            self._set_buffers(d["buffers"].to(self.device))
+        self.step, self.bytes_total = int(d["step"]), int(d["bytes_total"])
+        torch.set_rng_state(d["rng"])
+        return self.step
+
     def snapshot(self) -> dict[str, torch.Tensor]:
         """x, e, m on CPU (tests check the iterate-averaging identity on the real group)."""
         st = self.state

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from thinwire.collective.group import BACKENDS
+from thinwire.collective.group import BACKENDS, PEER_TIMEOUT_S, check_peer_timeout
 from thinwire.config import MODELS_HELP, _f, check_choice, check_codec, check_float, check_int, check_model
 from thinwire.errors import ConfigError
 from thinwire.gossip.step import ALGORITHMS, AlgoConfig
@@ -70,6 +70,8 @@ class DecentralizedConfig:
     backend: str = _f("auto", "torch.distributed backend for --engine ray", choices=BACKENDS)
     ray_address: str = _f("", "attach to an existing Ray cluster (auto or HOST:PORT); empty = local")
     threads: int = _f(1, "torch threads per peer")
+    peer_timeout: float = _f(PEER_TIMEOUT_S, "seconds a peer may stay silent once another has finished, and the "
+                             "process-group timeout (--engine ray): a lost peer ends the run within about this long")
     progress: bool = _f(True, "show a progress bar")
     plots: bool = _f(True, "write PNG plots into the run directory")
 
@@ -109,6 +111,7 @@ class DecentralizedConfig:
         check_choice("engine", self.engine, ENGINES)
         check_choice("backend", self.backend, BACKENDS)
         check_int("threads", self.threads, 1)
+        check_peer_timeout(self.peer_timeout)
         graph(self.topology, self.workers, self.seed)  # one-line error on a bad --topology
         self.mixing_rule  # noqa: B018 - checks uniform-ring fits the graph
         return self

@@ -11,7 +11,10 @@ The driver owns everything global and nothing the peers need: per epoch it pulls
 computes the authors' metrics (accuracy of x-bar and of the local models, consensus error,
 training loss, objective with the L1 term, % non-zeros), advances the simulated clock of the fault
 model (`thinwire.gossip.clock`) from the message sizes the peers report, and writes metrics.jsonl,
-summary.json and PNGs."""
+summary.json and PNGs, and after every epoch an atomic checkpoint (every peer's `PeerState`: x,
+tracker, public copies; the clock; the metrics so far) that `--resume` continues from bit for bit
+(`thinwire.collective.resume`). With --engine ray a peer that dies or stops answering ends the run
+within --peer-timeout (`PeerGroup.call`) with a one-line `PeerLost`."""
 from __future__ import annotations
 
 import dataclasses
@@ -26,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from thinwire.collective.group import Peer, PeerGroup
+from thinwire.collective import resume as resume_mod
+from thinwire.collective.group import Peer, PeerGroup, PeerLost
 from thinwire.collective.reducer import parse_codec
 from thinwire.config import write_resolved_config
 from thinwire.errors import ConfigError
@@ -42,6 +46,10 @@ from thinwire.gossip.step import PeerState, peer_step, run_reference
 from thinwire.gossip.topology import graph, mixing, neighbours, spectral_gap
 from thinwire.plots import plot_decentralized
 from thinwire.rundir import make_dir
+
+# Settings a resumed run may change: where it lives, how it is watched, and how many epochs it runs
+# (the step size is constant and nothing else depends on the total).
+MAY_CHANGE = resume_mod.WATCH_SETTINGS | {"epochs"}
 
 
 @dataclass
@@ -135,6 +143,12 @@ class LocalEngine:
     def bytes_sent(self) -> list[dict[int, int]]:
         return [dict(s.bytes_sent) for s in self.states]
 
+    def state_dicts(self) -> list[dict[str, Any]]:
+        return [s.state_dict() for s in self.states]
+
+    def load_state_dicts(self, states: Sequence[dict[str, Any]]) -> None:
+        self.states = [PeerState.from_state_dict(d) for d in states]
+
     def close(self) -> None:
         pass
 
@@ -171,6 +185,17 @@ class GossipPeer(Peer):
     def bytes_sent(self) -> dict[int, int]:
         return dict(self.state.bytes_sent)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.state.state_dict(), "rank": self.rank, "rng": torch.get_rng_state()}
+
+    def load_state_dict(self, d: dict[str, Any]) -> int:
+        if int(d["rank"]) != self.rank or d["x"].numel() != self.state.x.numel():
+            raise ConfigError("resume", f"checkpoint state of peer {d['rank']} ({d['x'].numel()} parameters) does "
+                              f"not fit peer {self.rank} ({self.state.x.numel()} parameters)", "the same run's checkpoint")
+        self.state = PeerState.from_state_dict(d, self.device)
+        torch.set_rng_state(d["rng"])
+        return self.rank
+
 
 class RayEngine:
     """Peers as `GossipPeer` actors; pass `group` to reuse a started `PeerGroup` of the same size."""
@@ -178,15 +203,14 @@ class RayEngine:
     def __init__(self, cfg: DecentralizedConfig, g: Graph, group: PeerGroup | None = None) -> None:
         self._owns = group is None
         self.group = group or PeerGroup(GossipPeer, cfg.workers, cfg.backend, ray_address=cfg.ray_address,
-                                        threads=cfg.threads)
+                                        threads=cfg.threads, peer_timeout=cfg.peer_timeout)
         if self.group.workers != cfg.workers:
             raise ConfigError("workers", f"{cfg.workers} differs from the peer group's {self.group.workers}",
                               str(self.group.workers))
         self.backend = self.group.backend
         try:
-            import ray
             d = {**dataclasses.asdict(cfg), "_driver_cwd": os.getcwd()}
-            ray.get([a.configure.remote(dict(d), g.nbrs[i], g.weights(i)) for i, a in enumerate(self.group.actors)])
+            self.group.call_each("configure", [(dict(d), g.nbrs[i], g.weights(i)) for i in range(cfg.workers)])
         except Exception:
             self.close()
             raise
@@ -201,8 +225,14 @@ class RayEngine:
     def bytes_sent(self) -> list[dict[int, int]]:
         return self.group.call("bytes_sent")
 
+    def state_dicts(self) -> list[dict[str, Any]]:
+        return self.group.call("state_dict")
+
+    def load_state_dicts(self, states: Sequence[dict[str, Any]]) -> None:
+        self.group.call_each("load_state_dict", [(d,) for d in states])
+
     def close(self) -> None:
-        if self._owns:
+        if self._owns or self.group.broken:  # a group that lost a peer is of no further use
             self.group.close()
 
 
@@ -248,10 +278,14 @@ def model_metrics(xs: Sequence[torch.Tensor], model: torch.nn.Module, ds, l1: fl
 
 
 # -- the driver --------------------------------------------------------------------------------------
-def run_decentralized(cfg: DecentralizedConfig, group: PeerGroup | None = None) -> dict[str, Any]:
-    """Train `cfg` end to end; writes OUT_DIR/NAME/{config.toml, metrics.jsonl, summary.json, *.png}.
+def run_decentralized(cfg: DecentralizedConfig, group: PeerGroup | None = None, *,
+                      resume: bool = False) -> dict[str, Any]:
+    """Train `cfg` end to end; writes OUT_DIR/NAME/{config.toml, metrics.jsonl, summary.json, *.png} and,
+    after every epoch, checkpoint.pt. `resume`: continue from that checkpoint, bit for bit.
 
-    `group`: a started PeerGroup of GossipPeer actors to reuse (benchmarks run many configs on one)."""
+    `group`: a started PeerGroup of GossipPeer actors to reuse (benchmarks run many configs on one).
+    A lost peer (--engine ray) tears the group down and raises `PeerLost`: one line naming the rank,
+    the last completed step and the checkpoint to resume from."""
     from tqdm import tqdm
 
     from thinwire.gossip.clock import GossipClock
@@ -266,13 +300,30 @@ def run_decentralized(cfg: DecentralizedConfig, group: PeerGroup | None = None) 
     eval_model = make_model(cfg, ds)
     d = sum(p.numel() for p in eval_model.parameters())
     run_dir = make_dir("out_dir", cfg.run_dir)
-    write_resolved_config(run_dir, cfg)
-    writer = MetricsWriter(run_dir)
+    settings = dataclasses.asdict(cfg)
+    ckpt = resume_mod.read(run_dir, "decentralized", settings, MAY_CHANGE) if resume else None
     clock = GossipClock(cfg.network(), g.nbrs, cfg.batch_size)
     history: list[dict[str, Any]] = []
-    t_start = time.perf_counter()
+    first_epoch, saved_epoch = 1, None
+    if ckpt is not None:
+        history = list(ckpt["history"])
+        clock.time, clock.compute_s = [float(t) for t in ckpt["clock"]["time"]], float(ckpt["clock"]["compute_s"])
+        saved_epoch = int(ckpt["epoch"])
+        first_epoch = saved_epoch + 1
+        if saved_epoch > cfg.epochs:
+            raise ConfigError("epochs", f"{cfg.epochs} is below the checkpoint's epoch {saved_epoch}",
+                              f">= {saved_epoch} (a resumed run may only run longer)")
+    write_resolved_config(run_dir, cfg)
+    writer = MetricsWriter(run_dir, resume_after=saved_epoch)
+    t_start = time.perf_counter() - (float(ckpt["elapsed"]) if ckpt is not None else 0.0)
     engine = make_engine(cfg, g, ds, parts, group)
+    step = (first_epoch - 1) * spe
     try:
+        if isinstance(engine, RayEngine):
+            engine.group.write_peers(run_dir)
+        if ckpt is not None:
+            engine.load_state_dicts(ckpt["peers"])
+
         def record(epoch: int, losses: list[float]) -> dict[str, Any]:
             sent = engine.bytes_sent()
             total_b = sum(sum(b.values()) for b in sent)
@@ -286,11 +337,11 @@ def run_decentralized(cfg: DecentralizedConfig, group: PeerGroup | None = None) 
             history.append(row)
             return row
 
-        record(0, [])
-        step = 0
-        with tqdm(total=total, desc=f"{cfg.name} {cfg.algorithm}", unit="step", disable=not cfg.progress,
-                  leave=False) as bar:
-            for epoch in range(1, cfg.epochs + 1):
+        if ckpt is None:
+            record(0, [])
+        with tqdm(total=total, initial=step, desc=f"{cfg.name} {cfg.algorithm}", unit="step",
+                  disable=not cfg.progress, leave=False) as bar:
+            for epoch in range(first_epoch, cfg.epochs + 1):
                 losses: list[float] = []
                 while step < epoch * spe:
                     n = min(epoch * spe - step, 25)
@@ -302,8 +353,15 @@ def run_decentralized(cfg: DecentralizedConfig, group: PeerGroup | None = None) 
                     bar.update(n)
                 row = record(epoch, losses)
                 bar.set_postfix(acc=f"{row['accuracy']:.3f}", cons=f"{row['consensus_error']:.2g}")
+                resume_mod.save(run_dir, "decentralized", settings, epoch=epoch, step=step,
+                                body={"peers": engine.state_dicts(), "history": history,
+                                      "clock": {"time": list(clock.time), "compute_s": clock.compute_s},
+                                      "elapsed": time.perf_counter() - t_start})
+                saved_epoch = epoch
         per_edge = {f"{i}->{j}": b for i, s in enumerate(engine.bytes_sent()) for j, b in sorted(s.items())}
         backend = engine.backend
+    except PeerLost as e:
+        raise e.with_progress(resume_mod.stopped_at(step, spe, cfg.epochs, saved_epoch, run_dir)) from None
     finally:
         engine.close()
     final = history[-1]

@@ -100,6 +100,23 @@ class PeerState:
         z = torch.zeros_like(x0)
         return cls(x0.clone(), z.clone(), z.clone())
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next step reads, on CPU (per-epoch checkpoints): x, the tracker y, the last
+        gradient, every public copy x-hat / y-hat held here, and the byte counters."""
+        cpu = lambda t: None if t is None else t.detach().cpu().clone()  # noqa: E731
+        return {"x": cpu(self.x), "y": cpu(self.y), "g_prev": cpu(self.g_prev), "g_last": cpu(self.g_last),
+                "hats": {name: {int(j): cpu(t) for j, t in book.items()} for name, book in self.hats.items()},
+                "bytes_sent": {int(j): int(b) for j, b in self.bytes_sent.items()},
+                "exchanges": [int(b) for b in self.exchanges]}
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, Any], device: torch.device | str = "cpu") -> "PeerState":
+        dev = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return cls(dev(d["x"]), dev(d["y"]), dev(d["g_prev"]),
+                   {name: {int(j): dev(t) for j, t in book.items()} for name, book in d["hats"].items()},
+                   dev(d["g_last"]), {int(j): int(b) for j, b in d["bytes_sent"].items()},
+                   [int(b) for b in d["exchanges"]])
+
     def hat(self, name: str, j: int) -> torch.Tensor:
         """Public copy `name` of peer j (zeros until j's first message, as in the spec)."""
         book = self.hats.setdefault(name, {})

@@ -97,7 +97,7 @@ class SimTransport:
     def __init__(self, cfg: RunConfig, pool: WorkerPool, segments: tuple[int, ...] | None) -> None:
         self.cfg, self.pool, self.segments = cfg, pool, segments
         self.net = NetworkModel.from_config(cfg)
-        self.store = ClientStateStore()
+        self.store = ClientStateStore.for_run(cfg)
         codec = compression.from_spec(cfg.codec)
         self.holes_ok = cfg.loss_policy == "holes" and codec.supports_holes
         if cfg.loss_policy == "holes" and not codec.supports_holes and cfg.loss != "none":
