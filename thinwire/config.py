@@ -28,9 +28,11 @@ else:  # pragma: no cover
 
 T = TypeVar("T")
 
-DATASETS = ("digits", "synthetic", "mnist", "fashion-mnist", "cifar10", "npz", "custom")  # custom: Python data=
+DATASETS = ("digits", "synthetic", "mnist", "fashion-mnist", "cifar10", "npz", "custom",  # custom: Python data=
+            "mnist1d", "stdlib-text")  # -- offline data harder than digits (issue 21)
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
-MODELS_HELP = "mlp, lenet, logreg or module:function"
+MODELS_HELP = ("mlp, lenet, logreg, resnet20, resnet18, resnet20-bn, resnet18-bn, fedavg-cnn, charlm "
+               "or module:function")
 NORM_BOUND_MODES = ("clip", "reject")                                  # issue 23
 ATTACKS = ("none", "scale", "sign_flip", "noise", "label_flip")        # issue 23
 PROFILES = ("uniform", "lognormal", "mobile", "datacenter", "trace")
@@ -122,7 +124,8 @@ def _codec_names() -> tuple[str, ...]:
 
 
 def check_model(name: str, model: str) -> None:
-    if model in ("mlp", "lenet", "logreg"):
+    from thinwire.models import BUILTIN_MODELS
+    if model in BUILTIN_MODELS:
         return
     mod, sep, fn = model.partition(":")
     if not sep or not mod or not fn:
@@ -327,6 +330,7 @@ class RunConfig:
         self._validate_sgc()
         self._validate_trust()
         self._validate_fedbuff()
+        self._validate_zoo()
         if self.tensorboard:
             from thinwire.metrics import TENSORBOARD_MISSING, tensorboard_available
             if not tensorboard_available():
@@ -384,6 +388,18 @@ class RunConfig:
         check_int("buffer_size", self.buffer_size, 0)
         from thinwire.server.strategy.fedbuff import check_config
         check_config(self)
+
+    def _validate_zoo(self) -> None:
+        """Model zoo and offline data sets (issue 21): text needs the language model and vice versa."""
+        if self.dataset == "stdlib-text" and self.partition not in ("natural", "iid"):
+            raise ConfigError("partition", f"{self.partition!r} does not apply to stdlib-text (clients are modules)",
+                              "natural, iid")
+        if self.dataset != "custom" and ":" not in self.model:
+            from thinwire.models import SEQUENCE_MODELS
+            text = self.dataset == "stdlib-text"
+            if text != (self.model in SEQUENCE_MODELS):
+                allowed = ", ".join(SEQUENCE_MODELS) if text else "any model but " + ", ".join(SEQUENCE_MODELS)
+                raise ConfigError("model", f"{self.model} does not fit data set {self.dataset}", allowed)
 
     def _validate_ntk(self) -> None:
         check_choice("ntk_loss", self.ntk_loss, NTK_LOSSES)

@@ -75,14 +75,20 @@ def local_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: i
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of the model on (x, y)."""
+    """(accuracy, mean cross-entropy) of the model on (x, y), averaged over every label in y.
+
+    Classifiers: logits (n, classes), labels (n,). Sequence models: logits (n, classes, T) and
+    labels (n, T), one per position (torch's layout for a loss over positions; the char LM's
+    next-character accuracy): the mean runs over all n*T predictions.
+    """
     model.eval()
     correct, loss_sum = 0, 0.0
     for s in range(0, len(x), batch_size):
         logits = model(x[s:s + batch_size])
-        loss_sum += float(F.cross_entropy(logits, y[s:s + batch_size], reduction="sum"))
-        correct += int((logits.argmax(1) == y[s:s + batch_size]).sum())
-    n = max(1, len(x))
+        target = y[s:s + batch_size]
+        loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
+        correct += int((logits.argmax(1) == target).sum())
+    n = max(1, y.numel())
     return correct / n, loss_sum / n
 
 

@@ -25,11 +25,11 @@ BENCHES: dict[str, tuple[str, str]] = {
     "soak": ("thinwire.bench.soak", "long served run: server RSS slope per round, CPU per round, p99 push latency"),
     "trust": ("thinwire.bench.trust", "robust rules vs scaled-update attackers, DP-FedAvg accuracy at its epsilon, "
               "secure-aggregation bytes and exactness"),
-
     "store": ("thinwire.bench.store", "client state store at model size: GB/s read and written, peak RSS, exactness"),
-
     "stragglers": ("thinwire.bench.stragglers", "FedAvg (all / deadline + over-commit) vs FedBuff vs M-SGC: "
                    "simulated time and bytes to accuracy per fault profile"),
+    "scale": ("thinwire.bench.scale", "every engine at d = 0.27M..11M: wall per round vs the local training floor, "
+              "peak RSS, bytes, accuracy"),
 }
 
 

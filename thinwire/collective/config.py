@@ -6,12 +6,12 @@ from pathlib import Path
 
 from thinwire.collective.group import BACKENDS, PEER_TIMEOUT_S, check_peer_timeout
 from thinwire.collective.reducer import parse_codec
-from thinwire.config import _f, check_choice, check_float, check_int, check_model
+from thinwire.config import MODELS_HELP, _f, check_choice, check_float, check_int, check_model
 from thinwire.errors import ConfigError
 
 METHODS = ("sgd", "none", "ef", "def", "defa")
 FEEDBACKS = ("", "none", "ef", "def", "defa")
-ALLREDUCE_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "npz")
+ALLREDUCE_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "npz", "mnist1d")
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -37,7 +37,7 @@ class AllreduceConfig:
     dataset: str = _f("digits", "data set", choices=ALLREDUCE_DATASETS)
     data_path: str = _f("", "directory or file for mnist/fashion-mnist/cifar10/npz")
     standardize: bool = _f(False, "standardise inputs per channel with training-set statistics")
-    model: str = _f("lenet", "model: mlp, lenet, logreg or module:function")
+    model: str = _f("lenet", f"model: {MODELS_HELP}")
     hidden: list = _f([64, 64], "MLP hidden sizes, e.g. 64,64")
     # optimisation
     batch_size: int = _f(16, "per-worker batch size (global batch = workers * batch size)")
@@ -74,7 +74,7 @@ class AllreduceConfig:
         parse_codec(self.codec_spec)
         check_float("coeff", self.coeff, 0.0, 1.0)
         check_choice("dataset", self.dataset, ALLREDUCE_DATASETS)
-        if self.dataset != "digits" and not self.data_path:
+        if self.dataset not in ("digits", "mnist1d") and not self.data_path:  # generated / bundled
             raise ConfigError("data_path", f"data set {self.dataset} needs --data-path", "a directory or file")
         if self.data_path and not Path(self.data_path).exists():
             raise ConfigError("data_path", f"{self.data_path!r} does not exist", "an existing directory or file")

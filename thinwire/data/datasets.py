@@ -20,7 +20,9 @@ def federate(name: str, num_clients: int, partition: str = "iid", *, alpha: floa
 
     partition: "iid", "dirichlet" (alpha), "shards" (shards_per_client) for loaded data sets;
     for "synthetic", "natural" is the FedProx Synthetic(synthetic_alpha, synthetic_beta) benchmark
-    and "iid" its Synthetic-IID variant (one shared model and input distribution).
+    and "iid" its Synthetic-IID variant (one shared model and input distribution); for
+    "stdlib-text", "natural" is one standard-library module per client and "iid" the same
+    windows dealt evenly (`thinwire.data.text`).
     """
     if name not in DATASETS:
         raise ConfigError("dataset", f"unknown data set {name!r}", ", ".join(DATASETS))
@@ -34,8 +36,12 @@ def federate(name: str, num_clients: int, partition: str = "iid", *, alpha: floa
                               "defines the clients)", "natural, iid")
         return SyntheticDataset(num_clients, alpha=synthetic_alpha, beta=synthetic_beta, seed=seed,
                                 iid=partition == "iid")
+    if name == "stdlib-text":
+        from thinwire.data.text import StdlibTextDataset
+
+        return StdlibTextDataset(num_clients, partition=partition, seed=seed)
     if partition == "natural":
-        raise ConfigError("partition", f"'natural' exists only for the synthetic data set, not {name}",
+        raise ConfigError("partition", f"'natural' exists only for the synthetic and stdlib-text data sets, not {name}",
                           "iid, dirichlet, shards")
     ds = load_dataset(name, path, seed=seed, standardize=standardize)
     parts = partition_indices(ds.y_train.numpy(), num_clients, partition, alpha=alpha,

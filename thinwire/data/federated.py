@@ -11,7 +11,7 @@ import torch
 from thinwire.data.loaders import DATASET_NAMES, Dataset
 from thinwire.data.partition import describe, label_counts
 
-DATASETS = DATASET_NAMES + ("synthetic",)
+DATASETS = DATASET_NAMES + ("synthetic", "stdlib-text")
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 
 
@@ -19,6 +19,7 @@ class FederatedDataset:
     """Per-client training data plus one shared test set. Subclasses may generate clients lazily."""
 
     name: str
+    targets: str = "class"  # "class": one label per sample; "next-token": labels (N, T), one per position
     num_clients: int
     num_classes: int
     input_shape: tuple[int, ...]

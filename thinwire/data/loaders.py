@@ -20,7 +20,7 @@ import torch
 
 from thinwire.errors import ConfigError, DataError
 
-DATASET_NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "npz")
+DATASET_NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "npz", "mnist1d")
 
 
 @dataclass
@@ -54,8 +54,11 @@ def load_dataset(name: str, path: str | None = None, *, seed: int = 0, standardi
         ds = _load_cifar10(_need_path(name, path))
     elif name == "npz":
         ds = _load_npz(_need_path(name, path), seed)
+    elif name == "mnist1d":
+        from thinwire.data.mnist1d import generate_mnist1d
+        ds = _make("mnist1d", *generate_mnist1d(), num_classes=10)
     else:
-        raise ConfigError("dataset", f"unknown data set {name!r}", ", ".join(DATASET_NAMES + ("synthetic",)))
+        raise ConfigError("dataset", f"unknown data set {name!r}", ", ".join(DATASET_NAMES + ("synthetic", "stdlib-text")))
     if standardize:
         _standardize(ds)
     return ds

@@ -9,12 +9,12 @@ import numpy as np
 import torch
 
 from thinwire.collective.group import BACKENDS, PEER_TIMEOUT_S, check_peer_timeout
-from thinwire.config import _f, check_choice, check_codec, check_float, check_int, check_model
+from thinwire.config import MODELS_HELP, _f, check_choice, check_codec, check_float, check_int, check_model
 from thinwire.errors import ConfigError
 from thinwire.gossip.step import ALGORITHMS, AlgoConfig
 from thinwire.gossip.topology import MIXING_RULES, TOPOLOGIES, graph
 
-DEC_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "npz")
+DEC_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "npz", "mnist1d")
 DEC_PARTITIONS = ("label-pairs", "dirichlet", "iid")
 ENGINES = ("ray", "local")
 PROFILES = ("uniform", "lognormal", "mobile", "datacenter")
@@ -53,7 +53,7 @@ class DecentralizedConfig:
     partition: str = _f("label-pairs", "label-pairs (peer i gets classes {i, 9-i}), dirichlet or iid",
                         choices=DEC_PARTITIONS)
     alpha: float = _f(0.5, "Dirichlet concentration for --partition dirichlet")
-    model: str = _f("mlp", "model: mlp, lenet, logreg or module:function")
+    model: str = _f("mlp", f"model: {MODELS_HELP}")
     hidden: list = _f([64, 64], "MLP hidden sizes, e.g. 64,64")
     # faults (simulated time)
     profile: str = _f("uniform", "per-peer speed/bandwidth profile", choices=PROFILES)
@@ -91,7 +91,7 @@ class DecentralizedConfig:
         check_int("workers", self.workers, 2)
         check_choice("mixing", self.mixing, ("auto",) + MIXING_RULES)
         check_choice("dataset", self.dataset, DEC_DATASETS)
-        if self.dataset != "digits" and not self.data_path:
+        if self.dataset not in ("digits", "mnist1d") and not self.data_path:  # generated / bundled
             raise ConfigError("data_path", f"data set {self.dataset} needs --data-path", "a directory or file")
         if self.data_path and not Path(self.data_path).exists():
             raise ConfigError("data_path", f"{self.data_path!r} does not exist", "an existing directory or file")

@@ -1,4 +1,9 @@
-"""Model zoo: small networks sized from the data set's input shape, plus user factories.
+"""Model zoo: networks sized from the data set's input shape, built by name, plus user factories.
+
+Built in: mlp, logreg, lenet (`basic`); resnet20 / resnet18 with GroupNorm and their BatchNorm
+variants resnet20-bn / resnet18-bn (`resnet`); the FedAvg paper's CNN, fedavg-cnn (`cnn`); and
+charlm, a ~1M-parameter character transformer for text windows (`charlm`). Convolutional models
+read (L,) / (C, L) inputs as 1-D signals and (C, H, W) as images (`layers`).
 
 `build_model` draws initial weights only from torch's global RNG (or, with `seed=`, from a forked
 one that leaves the caller's RNG untouched), so the server and every client can build the same
@@ -15,75 +20,26 @@ from torch import nn
 
 from thinwire.errors import ConfigError
 
-BUILTIN_MODELS = ("mlp", "lenet", "logreg")
-MODELS_ALLOWED = "mlp, lenet, logreg or package.module:function"
+from thinwire.models.basic import MLP, LeNet, LogReg
+from thinwire.models.charlm import CharTransformer
+from thinwire.models.cnn import FedAvgCNN
+from thinwire.models.resnet import ResNet, resnet18, resnet20
 
-
-def _flat_dim(input_shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in input_shape:
-        n *= int(d)
-    return n
-
-
-class MLP(nn.Sequential):
-    """flatten -> (Linear, ReLU) per hidden size -> Linear."""
-
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: Sequence[int] = (64, 64)):
-        layers: list[nn.Module] = [nn.Flatten()]
-        width = _flat_dim(input_shape)
-        for h in hidden:
-            layers += [nn.Linear(width, int(h)), nn.ReLU()]
-            width = int(h)
-        layers.append(nn.Linear(width, num_classes))
-        super().__init__(*layers)
-
-
-class LogReg(nn.Sequential):
-    """Multinomial logistic regression: flatten -> Linear (softmax lives in the loss)."""
-
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int):
-        super().__init__(nn.Flatten(), nn.Linear(_flat_dim(input_shape), num_classes))
-
-
-class LeNet(nn.Module):
-    """LeNet-5 style CNN whose convolution and pooling sizes follow the image size.
-
-    conv5x5 (same padding, 6 maps) -> ReLU -> maxpool2 -> conv (16 maps) -> ReLU -> maxpool2
-    -> 120 -> 84 -> classes. The second convolution is the classic valid 5x5 when the feature map
-    is at least 10 pixels (28x28 MNIST: 28->14->10->5; 32x32 CIFAR: 32->16->12->6) and a same-padded
-    3x3 for small inputs (8x8 digits: 8->4->4->2), so one definition serves all data sets.
-    """
-
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int):
-        super().__init__()
-        if len(input_shape) != 3:
-            raise ConfigError("model", f"lenet needs image input (channels, height, width), got shape "
-                              f"{tuple(input_shape)}", "mlp or logreg for flat features")
-        c, h, w = (int(d) for d in input_shape)
-        self.input_shape = (c, h, w)
-        if h < 4 or w < 4:
-            raise ConfigError("model", f"lenet needs images of at least 4x4 pixels, got {h}x{w}", "mlp, logreg")
-        h, w = h // 2, w // 2
-        if min(h, w) >= 10:
-            k2, p2 = 5, 0
-        else:
-            k2, p2 = 3, 1
-        h, w = h + 2 * p2 - k2 + 1, w + 2 * p2 - k2 + 1
-        h, w = h // 2, w // 2
-        self.features = nn.Sequential(
-            nn.Conv2d(c, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, k2, padding=p2), nn.ReLU(), nn.MaxPool2d(2),
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(16 * h * w, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
-            nn.Linear(84, num_classes),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:  # flattened images, e.g. from a generic data path
-            x = x.view(x.shape[0], *self.input_shape)
-        return self.classifier(self.features(x))
+# name -> factory(input_shape, num_classes); mlp takes `hidden` as well
+ZOO: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
+    "logreg": LogReg,
+    "lenet": LeNet,
+    "resnet20": lambda s, c: resnet20(s, c, norm="group"),
+    "resnet18": lambda s, c: resnet18(s, c, norm="group"),
+    "resnet20-bn": lambda s, c: resnet20(s, c, norm="batch"),
+    "resnet18-bn": lambda s, c: resnet18(s, c, norm="batch"),
+    "fedavg-cnn": FedAvgCNN,
+    "charlm": CharTransformer,
+}
+BUILTIN_MODELS = ("mlp", *ZOO)
+SEQUENCE_MODELS = ("charlm",)  # models whose output is per-position logits (N, classes, T)
+MODELS_ALLOWED = "mlp, lenet, logreg, " + ", ".join(n for n in ZOO if n not in ("lenet", "logreg")) + \
+    " or package.module:function"
 
 
 def _check_shape(input_shape: Sequence[int], num_classes: int) -> tuple[int, ...]:
@@ -144,7 +100,7 @@ def _call_factory(name: str, factory: Callable[..., Any], offered: dict[str, Any
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, *, hidden: Sequence[int] = (64, 64),
                 seed: int | None = None) -> nn.Module:
-    """Build a model by name: "mlp", "lenet", "logreg" or "package.module:function".
+    """Build a model by name: one of BUILTIN_MODELS or "package.module:function".
 
     A user factory is called as function(input_shape=..., num_classes=...) (plus hidden= if it
     names that parameter), or function() if it takes no arguments. With `seed`, the weights are
@@ -167,10 +123,8 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, *, hi
     def make() -> nn.Module:
         if name == "mlp":
             return MLP(shape, num_classes, hidden)
-        if name == "logreg":
-            return LogReg(shape, num_classes)
-        if name == "lenet":
-            return LeNet(shape, num_classes)
+        if name in ZOO:
+            return ZOO[name](shape, num_classes)
         assert factory is not None
         return _call_factory(name, factory, {"input_shape": shape, "num_classes": num_classes,
                                              "hidden": tuple(hidden)})
@@ -191,6 +145,26 @@ def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def check_model_fits_data(model: str, data) -> None:
+    """Text data (per-position next-character labels) needs a sequence model, and a sequence model
+    needs text data; user factories are trusted to know what they build."""
+    sequence_data = getattr(data, "targets", "class") == "next-token"
+    if ":" in model:
+        return
+    if sequence_data and model not in SEQUENCE_MODELS:
+        raise ConfigError("model", f"{model} predicts one class per sample, but data set {data.name} labels every "
+                          "position with the next character", ", ".join(SEQUENCE_MODELS) + " or package.module:function")
+    if not sequence_data and model in SEQUENCE_MODELS:
+        raise ConfigError("model", f"{model} is a language model; data set {data.name} has one label per sample",
+                          ", ".join(n for n in BUILTIN_MODELS if n not in SEQUENCE_MODELS))
+
+
 def model_from_config(cfg, data) -> nn.Module:
     """The model a RunConfig describes, sized from its data set."""
+    check_model_fits_data(cfg.model, data)
     return build_model(cfg.model, tuple(data.input_shape), data.num_classes, hidden=tuple(cfg.hidden))
+
+
+__all__ = ["BUILTIN_MODELS", "MODELS_ALLOWED", "SEQUENCE_MODELS", "ZOO", "MLP", "LeNet", "LogReg", "ResNet",
+           "FedAvgCNN", "CharTransformer", "resnet18", "resnet20", "build_model", "check_model_fits_data",
+           "model_from_config", "model_size_bytes", "num_parameters"]
