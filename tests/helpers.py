@@ -27,3 +27,27 @@ def wait_all(procs, timeout: float) -> list[int | None]:
             p.kill()
             codes.append(None)
     return codes
+
+
+def in_process_run(out_dir, **settings):
+    """The same configuration through the simulation engine with its worker class run in this
+    process (no Ray, no sockets): the baseline a served or launched run must reproduce."""
+    from thinwire.config import RunConfig, to_dict
+    from thinwire.sim.engine import simulate
+    from thinwire.sim.worker import SimWorker
+
+    class InProcessPool:
+        def __init__(self, cfg):
+            self.worker = SimWorker(to_dict(cfg))
+
+        def load(self, data):
+            self.worker.load(data)
+
+        def run(self, global_vec, jobs):
+            return self.worker.run(global_vec, jobs)
+
+        def close(self):
+            pass
+
+    cfg = RunConfig(name="inproc", out_dir=str(out_dir), progress=False, **settings)
+    return simulate(cfg, pool=InProcessPool(cfg))

@@ -30,9 +30,12 @@ def _stable(rows):
     return [{k: v for k, v in r.items() if k not in drop} for r in rows]
 
 
-def test_small_fleet_trains_digits_above_85_percent_and_is_deterministic(tmp_path):
+def test_small_fleet_trains_digits_past_nearest_centroid_and_is_deterministic(tmp_path):
     a = simulate(cfg(tmp_path, name="a"))
-    assert a.final_accuracy > 0.85
+    # beats the nearest-class-mean classifier fitted centrally on the whole training set (0.90 on
+    # this split), computed here: the federated MLP sees every sample ~10 times (25 rounds x 8/40
+    # of the clients x 2 epochs) and must do better than a linear template match (measured 0.95)
+    assert a.final_accuracy > _nearest_centroid_accuracy(cfg(tmp_path, name="a")), a.final_accuracy
     b = simulate(cfg(tmp_path, name="b"))
     assert _stable(a.metrics) == _stable(b.metrics)
     # metrics.jsonl holds exactly what the API returned
@@ -84,12 +87,29 @@ def test_stragglers_with_deadline_are_dropped_and_training_converges(tmp_path):
         assert m["accepted"] <= c.per_round
         assert set(m["dropped_clients"]) <= set(range(c.clients))
         assert m["round_time"] <= c.deadline + 1e-9
-    # stragglers were the ones dropped (a straggler needs >= 20x the compute of a normal client)
-    dropped = [d for m in r.metrics for d in m["dropped_clients"]]
-    stragglers = {(m["round"], s) for m in r.metrics for s in m["stragglers"]}
-    late_stragglers = sum((m["round"], d) in stragglers for m in r.metrics for d in m["dropped_clients"])
-    assert late_stragglers >= 0.5 * len(dropped)
-    assert r.final_accuracy > 0.8
+    # A straggler computes 20x longer: ~36 samples x 2 epochs x 0.005 s x 20 = 7.2 s > the 3 s
+    # deadline, a normal client 0.36 s. So every straggler is dropped, and each round drops exactly
+    # its stragglers, or the 10 - 8 = 2 slowest when fewer than 2 straggle.
+    for m in r.metrics:
+        assert set(m["stragglers"]) <= set(m["dropped_clients"]), m
+        assert len(m["dropped_clients"]) == max(10 - c.per_round, len(m["stragglers"])), m
+    # 8 (or fewer) of 10 clients a round still learn past the nearest-class-mean baseline (0.90)
+    assert r.final_accuracy > _nearest_centroid_accuracy(c), r.final_accuracy
+
+
+def _nearest_centroid_accuracy(c) -> float:
+    """Test accuracy of the nearest class-mean classifier on all clients' training data: a baseline
+    any trained model of this run must beat."""
+    import torch
+
+    from thinwire.data.datasets import dataset_from_config
+
+    ds = dataset_from_config(c)
+    xs, ys = zip(*(ds.client_data(k) for k in range(c.clients)))
+    x, y = torch.cat(xs).flatten(1), torch.cat(ys)
+    x_test, y_test = ds.test_data()
+    centroids = torch.stack([x[y == j].mean(0) for j in range(ds.num_classes)])
+    return float((torch.cdist(x_test.flatten(1), centroids).argmin(1) == y_test).float().mean())
 
 
 def test_resume_continues_after_last_checkpoint(tmp_path):
