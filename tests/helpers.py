@@ -51,3 +51,18 @@ def in_process_run(out_dir, **settings):
 
     cfg = RunConfig(name="inproc", out_dir=str(out_dir), progress=False, **settings)
     return simulate(cfg, pool=InProcessPool(cfg))
+
+
+def nearest_centroid_accuracy(c) -> float:
+    """Test accuracy of the nearest class-mean classifier on all clients' training data: a baseline
+    any trained model of this run must beat."""
+    import torch
+
+    from thinwire.data.datasets import dataset_from_config
+
+    ds = dataset_from_config(c)
+    xs, ys = zip(*(ds.client_data(k) for k in range(c.clients)))
+    x, y = torch.cat(xs).flatten(1), torch.cat(ys)
+    x_test, y_test = ds.test_data()
+    centroids = torch.stack([x[y == j].mean(0) for j in range(ds.num_classes)])
+    return float((torch.cdist(x_test.flatten(1), centroids).argmin(1) == y_test).float().mean())

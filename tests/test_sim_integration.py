@@ -5,6 +5,7 @@ import math
 import pytest
 import ray
 
+from helpers import nearest_centroid_accuracy
 from thinwire.config import RunConfig, build
 from thinwire.sim.engine import simulate
 
@@ -35,7 +36,7 @@ def test_small_fleet_trains_digits_past_nearest_centroid_and_is_deterministic(tm
     # beats the nearest-class-mean classifier fitted centrally on the whole training set (0.90 on
     # this split), computed here: the federated MLP sees every sample ~10 times (25 rounds x 8/40
     # of the clients x 2 epochs) and must do better than a linear template match (measured 0.95)
-    assert a.final_accuracy > _nearest_centroid_accuracy(cfg(tmp_path, name="a")), a.final_accuracy
+    assert a.final_accuracy > nearest_centroid_accuracy(cfg(tmp_path, name="a")), a.final_accuracy
     b = simulate(cfg(tmp_path, name="b"))
     assert _stable(a.metrics) == _stable(b.metrics)
     # metrics.jsonl holds exactly what the API returned
@@ -94,22 +95,8 @@ def test_stragglers_with_deadline_are_dropped_and_training_converges(tmp_path):
         assert set(m["stragglers"]) <= set(m["dropped_clients"]), m
         assert len(m["dropped_clients"]) == max(10 - c.per_round, len(m["stragglers"])), m
     # 8 (or fewer) of 10 clients a round still learn past the nearest-class-mean baseline (0.90)
-    assert r.final_accuracy > _nearest_centroid_accuracy(c), r.final_accuracy
+    assert r.final_accuracy > nearest_centroid_accuracy(c), r.final_accuracy
 
-
-def _nearest_centroid_accuracy(c) -> float:
-    """Test accuracy of the nearest class-mean classifier on all clients' training data: a baseline
-    any trained model of this run must beat."""
-    import torch
-
-    from thinwire.data.datasets import dataset_from_config
-
-    ds = dataset_from_config(c)
-    xs, ys = zip(*(ds.client_data(k) for k in range(c.clients)))
-    x, y = torch.cat(xs).flatten(1), torch.cat(ys)
-    x_test, y_test = ds.test_data()
-    centroids = torch.stack([x[y == j].mean(0) for j in range(ds.num_classes)])
-    return float((torch.cdist(x_test.flatten(1), centroids).argmin(1) == y_test).float().mean())
 
 
 def test_resume_continues_after_last_checkpoint(tmp_path):
