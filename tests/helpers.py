@@ -27,3 +27,42 @@ def wait_all(procs, timeout: float) -> list[int | None]:
             p.kill()
             codes.append(None)
     return codes
+
+
+def in_process_run(out_dir, **settings):
+    """The same configuration through the simulation engine with its worker class run in this
+    process (no Ray, no sockets): the baseline a served or launched run must reproduce."""
+    from thinwire.config import RunConfig, to_dict
+    from thinwire.sim.engine import simulate
+    from thinwire.sim.worker import SimWorker
+
+    class InProcessPool:
+        def __init__(self, cfg):
+            self.worker = SimWorker(to_dict(cfg))
+
+        def load(self, data):
+            self.worker.load(data)
+
+        def run(self, global_vec, jobs):
+            return self.worker.run(global_vec, jobs)
+
+        def close(self):
+            pass
+
+    cfg = RunConfig(name="inproc", out_dir=str(out_dir), progress=False, **settings)
+    return simulate(cfg, pool=InProcessPool(cfg))
+
+
+def nearest_centroid_accuracy(c) -> float:
+    """Test accuracy of the nearest class-mean classifier on all clients' training data: a baseline
+    any trained model of this run must beat."""
+    import torch
+
+    from thinwire.data.datasets import dataset_from_config
+
+    ds = dataset_from_config(c)
+    xs, ys = zip(*(ds.client_data(k) for k in range(c.clients)))
+    x, y = torch.cat(xs).flatten(1), torch.cat(ys)
+    x_test, y_test = ds.test_data()
+    centroids = torch.stack([x[y == j].mean(0) for j in range(ds.num_classes)])
+    return float((torch.cdist(x_test.flatten(1), centroids).argmin(1) == y_test).float().mean())

@@ -93,7 +93,10 @@ def test_dp_fedavg_noise_has_std_z_times_c_on_the_sum():
     # std of 200,000 draws: relative standard error 1 / sqrt(2 x 200,000) = 0.16 %; allow 5 sigma
     assert float(new.double().std()) == pytest.approx(z * c / k, rel=5 / math.sqrt(2 * d))
     assert abs(float(new.double().mean())) < 5 * z * c / k / math.sqrt(d)
-    assert m["dp_epsilon"] > 0 and m["dp_delta"] == 1e-5
+    # epsilon is the accountant's after one round at q = K / clients, z, delta
+    acc = PrivacyAccountant(k / 100, z, 1e-5)
+    acc.step(1)
+    assert m["dp_epsilon"] == pytest.approx(acc.epsilon(), rel=1e-12) and m["dp_delta"] == 1e-5
 
 
 def test_dp_fedavg_samples_each_client_with_probability_q():

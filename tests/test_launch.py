@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from helpers import in_process_run
 from thinwire.launch import split_ids
 
 
@@ -51,7 +52,7 @@ def test_launch_on_local_ray(tmp_path):
     assert [sorted(r["accepted_clients"]) for r in rows] == [[0, 1, 2, 3]] * 2     # in arrival order
     import torch
 
-    inproc = _in_process_run(tmp_path / "inproc", clients=4, per_round=4, rounds=2)
+    inproc = in_process_run(tmp_path / "inproc", clients=4, per_round=4, rounds=2)
     g_ray = torch.load(tmp_path / "ray" / "checkpoint.pt", weights_only=True)["global"]
     g_inp = torch.load(inproc.run_dir / "checkpoint.pt", weights_only=True)["global"]
     assert (g_ray - g_inp).abs().max() <= 1e-6 * g_inp.abs().max(), float((g_ray - g_inp).abs().max())
@@ -62,30 +63,6 @@ def test_launch_on_local_ray(tmp_path):
     for r in rows:
         assert 4 * 4 * numel <= r["payload_up"] <= 4 * (4 * numel + 1024), r["payload_up"]
         assert 2 * 4 * numel <= r["payload_down"] <= 2 * (4 * numel + 1024), r["payload_down"]
-
-
-def _in_process_run(out_dir, **settings):
-    """The same configuration through the simulation engine with its worker class run in this
-    process (no Ray, no sockets): the baseline the launched run must reproduce."""
-    from thinwire.config import RunConfig, to_dict
-    from thinwire.sim.engine import simulate
-    from thinwire.sim.worker import SimWorker
-
-    class InProcessPool:
-        def __init__(self, cfg):
-            self.worker = SimWorker(to_dict(cfg))
-
-        def load(self, data):
-            self.worker.load(data)
-
-        def run(self, global_vec, jobs):
-            return self.worker.run(global_vec, jobs)
-
-        def close(self):
-            pass
-
-    cfg = RunConfig(name="inproc", out_dir=str(out_dir), progress=False, **settings)
-    return simulate(cfg, pool=InProcessPool(cfg))
 
 
 @pytest.mark.slow

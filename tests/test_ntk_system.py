@@ -36,8 +36,11 @@ def test_simulate_ntk_and_cp_ntk_count_bytes_and_learn(tmp_path):
         body = 4 * n * 10 * D + 4 * n * 10 + 4 * n          # jacobian + outputs + labels, float32
         assert body <= row["bytes_up"] <= body + 4 * HEADER_SLACK, (row["bytes_up"], body)
         assert row["ntk_tau"] in (10, 100, 1000)
-    # learns: chance is 0.1; measured 0.64 at the best of 6 rounds (the kernel step oscillates early)
-    assert max(r["accuracy"] for r in full) >= 0.5, [r["accuracy"] for r in full]
+    # learns faster than FedAvg per round (NTK-FL's claim; BENCHMARKS: 2.25x fewer rounds to 90%):
+    # its best accuracy in these 6 rounds beats plain FedAvg's on the same clients, rounds, seed
+    # (computed here; best of 6 since the kernel step oscillates early. Measured 0.64 vs 0.53)
+    fedavg = _fedavg_best_accuracy(tmp_path)
+    assert max(r["accuracy"] for r in full) > fedavg, ([r["accuracy"] for r in full], fedavg)
 
     cp = simulate(_cfg(tmp_path, "cp", ntk_project=256, ntk_subsample=0.5, ntk_shuffle=True)).metrics
     for row in cp:
@@ -45,7 +48,19 @@ def test_simulate_ntk_and_cp_ntk_count_bytes_and_learn(tmp_path):
         assert row["ntk_samples"] == n
         body = 4 * n * 10 * 256 + 4 * n * 10 + 4 * n
         assert body <= row["bytes_up"] <= body + 4 * HEADER_SLACK
-    assert max(r["accuracy"] for r in cp) >= 0.4, [r["accuracy"] for r in cp]    # measured 0.54
+    # CP-NTK-FL (half the samples, d' = 256) keeps pace with FedAvg too (measured 0.54 vs 0.53)
+    assert max(r["accuracy"] for r in cp) > fedavg, ([r["accuracy"] for r in cp], fedavg)
+
+
+def _fedavg_best_accuracy(tmp_path) -> float:
+    """Best test accuracy of plain FedAvg over the same 6 rounds, clients and seed (in process)."""
+    from helpers import in_process_run
+
+    cfg = _cfg(tmp_path, "fedavg-baseline", strategy="fedavg")
+    run = in_process_run(tmp_path / "fedavg", **{k: getattr(cfg, k) for k in
+                                                 ("dataset", "clients", "partition", "per_round", "rounds", "seed")},
+                         strategy="fedavg")
+    return max(m["accuracy"] for m in run.metrics)
 
 
 def test_served_ntk_two_rounds(tmp_path):

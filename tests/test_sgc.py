@@ -89,6 +89,17 @@ def test_msgc_layout_minitasks_cost_the_same():
     assert len(segs) == 28 and all(b[0] < b[1] for b in segs)
 
 
+def _longest_burst(pattern) -> int:
+    """Most consecutive straggling rounds of any worker."""
+    best = 0
+    for row in pattern:
+        run = 0
+        for v in row:
+            run = run + 1 if v else 0
+            best = max(best, run)
+    return best
+
+
 def _run_pattern(sch, pattern):
     """Drive a scheme with a fixed straggler pattern; every round must be tolerated."""
     for r in range(pattern.shape[1]):
@@ -105,7 +116,12 @@ def test_msgc_and_srsgc_decode_every_job_within_T_under_the_bursty_model(B, W, l
     n, J = 12, 40
     for seed in range(4):
         pat = bursty_pattern(n, J + B + W, B, W, lam, start_prob=0.5, seed=seed)
-        assert pattern_conforms(pat, B, W, lam) and pat.sum() > 0
+        assert pattern_conforms(pat, B, W, lam)
+        # ... and reaches the model's limits (the schemes are tried at their design point, not on a
+        # light pattern): some window of W rounds holds exactly lambda distinct stragglers and some
+        # worker straggles B rounds in a row (conformance forbids more of either)
+        assert max(int(pat[:, max(0, r - W + 1): r + 1].any(1).sum()) for r in range(pat.shape[1])) == lam
+        assert _longest_burst(pat) == B
         m = _run_pattern(MSGC(n, J, B, W, lam), pat)
         assert len(m.decoded) == J and m.fallbacks == 0
         if (W - 1) % B == 0:

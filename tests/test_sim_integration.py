@@ -5,6 +5,7 @@ import math
 import pytest
 import ray
 
+from helpers import nearest_centroid_accuracy
 from thinwire.config import RunConfig, build
 from thinwire.sim.engine import simulate
 
@@ -30,9 +31,12 @@ def _stable(rows):
     return [{k: v for k, v in r.items() if k not in drop} for r in rows]
 
 
-def test_small_fleet_trains_digits_above_85_percent_and_is_deterministic(tmp_path):
+def test_small_fleet_trains_digits_past_nearest_centroid_and_is_deterministic(tmp_path):
     a = simulate(cfg(tmp_path, name="a"))
-    assert a.final_accuracy > 0.85
+    # beats the nearest-class-mean classifier fitted centrally on the whole training set (0.90 on
+    # this split), computed here: the federated MLP sees every sample ~10 times (25 rounds x 8/40
+    # of the clients x 2 epochs) and must do better than a linear template match (measured 0.95)
+    assert a.final_accuracy > nearest_centroid_accuracy(cfg(tmp_path, name="a")), a.final_accuracy
     b = simulate(cfg(tmp_path, name="b"))
     assert _stable(a.metrics) == _stable(b.metrics)
     # metrics.jsonl holds exactly what the API returned
@@ -84,12 +88,15 @@ def test_stragglers_with_deadline_are_dropped_and_training_converges(tmp_path):
         assert m["accepted"] <= c.per_round
         assert set(m["dropped_clients"]) <= set(range(c.clients))
         assert m["round_time"] <= c.deadline + 1e-9
-    # stragglers were the ones dropped (a straggler needs >= 20x the compute of a normal client)
-    dropped = [d for m in r.metrics for d in m["dropped_clients"]]
-    stragglers = {(m["round"], s) for m in r.metrics for s in m["stragglers"]}
-    late_stragglers = sum((m["round"], d) in stragglers for m in r.metrics for d in m["dropped_clients"])
-    assert late_stragglers >= 0.5 * len(dropped)
-    assert r.final_accuracy > 0.8
+    # A straggler computes 20x longer: ~36 samples x 2 epochs x 0.005 s x 20 = 7.2 s > the 3 s
+    # deadline, a normal client 0.36 s. So every straggler is dropped, and each round drops exactly
+    # its stragglers, or the 10 - 8 = 2 slowest when fewer than 2 straggle.
+    for m in r.metrics:
+        assert set(m["stragglers"]) <= set(m["dropped_clients"]), m
+        assert len(m["dropped_clients"]) == max(10 - c.per_round, len(m["stragglers"])), m
+    # 8 (or fewer) of 10 clients a round still learn past the nearest-class-mean baseline (0.90)
+    assert r.final_accuracy > nearest_centroid_accuracy(c), r.final_accuracy
+
 
 
 def test_resume_continues_after_last_checkpoint(tmp_path):

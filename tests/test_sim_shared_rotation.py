@@ -3,8 +3,9 @@ transform per round) and learns as well as per-client rotations (issue 21); the 
 client state store carries EF residuals of the run."""
 import pytest
 import ray
-from thinwire.server.strategy.fedavg import FedAvg
 
+from helpers import nearest_centroid_accuracy
+from thinwire.server.strategy.fedavg import FedAvg
 from thinwire.config import RunConfig, build
 from thinwire.sim.engine import simulate
 
@@ -36,6 +37,9 @@ def test_shared_rotation_run_folds_encoded_and_learns(tmp_path, monkeypatch):
     assert len(folded) == 12 * 5                          # per-client rotations are decoded as before
     # same data, seeds and budget: the shared rotation's correlated error costs little accuracy here
     assert shared.final_accuracy >= private.final_accuracy - 0.05
-    assert shared.final_accuracy > 0.8
+    # and past the nearest-class-mean classifier on all the training data (0.90 here), computed here
+    # (measured 0.908: 12 rounds of 2-bit updates just pass a linear template match)
+    baseline = nearest_centroid_accuracy(build(RunConfig, dict(base, name="shared")))
+    assert shared.final_accuracy > baseline, (shared.final_accuracy, private.final_accuracy, baseline)
     files = list((tmp_path / "shared" / "client-state").glob("*.state"))
     assert 0 < len(files) <= 20 + 2 * 5                   # EF residuals in files: live + a kept snapshot
