@@ -109,3 +109,28 @@ def test_folds_encoded_only_shared_eden_and_server_decode_split():
     s.begin_round(3, torch.zeros(d + 1))
     with pytest.raises(ValueError, match="^update:"):
         s.accept(_result(shared, 0, 1))
+
+
+@pytest.mark.parametrize("strategy,extra", [("fedbuff", {"per_round": 2, "concurrency": 2, "buffer_size": 2}),
+                                            ("dp-fedavg", {"per_round": 2}), ("trimmed-mean", {"per_round": 4}),
+                                            ("fedavg", {"per_round": 2, "norm_bound": 5.0})])
+def test_strategies_that_see_each_update_fold_decoded_deltas_under_a_shared_rotation(strategy, extra):
+    """With rotation=shared in the run's codec, a strategy that clips, buffers or inspects each update
+    is never handed encoded payloads, and it folds decoded ones (its plain sum exists)."""
+    from thinwire.config import RunConfig, build
+    from thinwire.server.strategy import make_strategy
+
+    cfg = build(RunConfig, {"clients": 4, "strategy": strategy, "codec": "eden:bits=2,rotation=shared",
+                            "deadline": 0, **extra})
+    s = make_strategy(cfg)
+    d = 64
+    shared, = _payloads(d, n=1)
+    assert not s.folds_encoded(DEFAULT_TENSOR, shared)
+    s.begin_round(0, torch.zeros(d))
+    delta = torch.full((d,), 0.01)
+    task = Task(kind="train", round=0, client_id=0, seed=7, codec="eden")
+    for cid in range(cfg.per_round):
+        s.accept(Result(client_id=cid, round=0, job=0, task=task, tensors={DEFAULT_TENSOR: delta},
+                        scalars={"num_samples": 1}))
+    new, _ = s.finalize()
+    assert new.shape == (d,) and torch.isfinite(new).all() and not torch.equal(new, torch.zeros(d))

@@ -3,20 +3,12 @@ import json
 import math
 
 import pytest
-import ray
 
 from helpers import nearest_centroid_accuracy
 from thinwire.config import RunConfig, build
 from thinwire.sim.engine import simulate
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 
 def cfg(tmp_path, **kw):
@@ -96,7 +88,6 @@ def test_stragglers_with_deadline_are_dropped_and_training_converges(tmp_path):
         assert len(m["dropped_clients"]) == max(10 - c.per_round, len(m["stragglers"])), m
     # 8 (or fewer) of 10 clients a round still learn past the nearest-class-mean baseline (0.90)
     assert r.final_accuracy > nearest_centroid_accuracy(c), r.final_accuracy
-
 
 
 def test_resume_continues_after_last_checkpoint(tmp_path):

@@ -2,21 +2,13 @@
 transform per round) and learns as well as per-client rotations (issue 21); the file-backed
 client state store carries EF residuals of the run."""
 import pytest
-import ray
 
 from helpers import nearest_centroid_accuracy
 from thinwire.server.strategy.fedavg import FedAvg
 from thinwire.config import RunConfig, build
 from thinwire.sim.engine import simulate
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 
 def test_shared_rotation_run_folds_encoded_and_learns(tmp_path, monkeypatch):

@@ -15,14 +15,7 @@ from thinwire.config import RunConfig, build
 from thinwire.errors import UserError
 from thinwire.sim.engine import MAX_TASK_ATTEMPTS, WorkerPool, simulate
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 
 def cfg(tmp_path, **kw):

@@ -5,21 +5,13 @@ import json
 import math
 
 import pytest
-import ray
 
 from thinwire.client.kinds.attack import malicious_clients
 from thinwire.config import RunConfig, build
 from thinwire.server.strategy.dp import PrivacyAccountant
 from thinwire.sim.engine import simulate
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 
 def _cfg(tmp_path, **kw):

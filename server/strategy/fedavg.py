@@ -47,7 +47,7 @@ class FedAvg(Strategy):
         self._global = global_vec
         if self._sum is not None and self._sum.numel != global_vec.numel():
             self._sum = None
-        if self._sum is None and not self._rotated_codec():    # allocated up front, as before issue 21
+        if self._sum is None and not self._folds_rotated():    # allocated up front, as before issue 21
             self._sum = ExactSum(global_vec.numel(), device=global_vec.device)
         for acc in (self._sum, self._rot):       # the rotated sum is allocated at its first fold
             if acc is not None:
@@ -58,18 +58,22 @@ class FedAvg(Strategy):
         self._open = True
         self._metric_sums = {}
 
-    def _rotated_codec(self) -> bool:
-        """The run's codec is EDEN with a shared rotation: its deltas fold in the rotated domain,
-        so the plain sum is only allocated if a result needs it (memory: one sum, not two)."""
+    def _sees_each_update(self) -> bool:
+        """A subclass that clips, buffers or inspects each update (DP-FedAvg, robust rules, FedBuff)
+        and --norm-bound must see every delta decoded; only FedAvg's own fold sums them encoded."""
+        return type(self).accept is not FedAvg.accept or self.norm_bound is not None
+
+    def _folds_rotated(self) -> bool:
+        """The run's deltas fold in the rotated domain (EDEN with a shared rotation), so the plain
+        sum is only allocated if a result needs it (memory: one sum, not two)."""
         codec = str(getattr(self.cfg, "codec", "") or "")
-        return codec.startswith("eden:") and "rotation=shared" in codec.replace(" ", "")
+        return (not self._sees_each_update() and codec.startswith("eden:")
+                and "rotation=shared" in codec.replace(" ", ""))
 
     def folds_encoded(self, name: str, enc: Any) -> bool:
-        """Keep the model delta encoded when it is an EDEN payload with a per-round shared rotation.
-        Only for FedAvg's own `accept`: a subclass that clips, buffers or inspects each update
-        (DP-FedAvg, robust rules) and --norm-bound must see it decoded."""
-        return (type(self).accept is FedAvg.accept and self.norm_bound is None and name == DEFAULT_TENSOR
-                and enc.codec == "eden" and enc.meta.get("shared") is True)
+        """Keep the model delta encoded when it is an EDEN payload with a per-round shared rotation."""
+        return (not self._sees_each_update() and name == DEFAULT_TENSOR and enc.codec == "eden"
+                and enc.meta.get("shared") is True)
 
     def accept(self, result: Result) -> None:
         enc = result.encoded.get(DEFAULT_TENSOR)
