@@ -310,6 +310,7 @@ def run_simulate(args, model: str, tmp: str, cores: int) -> dict[str, Any]:
         try:
             res = simulate(cfg, pool=pool)
         finally:
+            s.sample()               # the workers are alive here: a run shorter than one period is measured too
             pool.close()
             torch.set_num_threads(threads)
     timed = _timed_rows(res.metrics)
