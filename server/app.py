@@ -200,6 +200,9 @@ class ParameterServer:
                     self.events.get_nowait().answer("late", "the run finished before this update was taken")
                 except queue.Empty:
                     break
+            held, self._held = list(self._held.values()), {}
+            for ev in held:                   # THINWIRE_ARRIVAL_ORDER: results still waiting for their turn
+                ev.answer("late", "the run finished before this update was taken")
 
     # -- model ----------------------------------------------------------------------------------
     def model_blob(self, version: int, codec_spec: str) -> tuple[bytes, int, bytes, int]:
