@@ -280,7 +280,15 @@ def simulate(cfg: RunConfig, *, resume: bool = False, pool: WorkerPool | None = 
         if engine.resumed_from is not None:
             print(f"resumed {run_dir} from round {engine.resumed_from}", flush=True)
         pool.load(data)
-        return engine.run(progress=cfg.progress, desc="simulate")
+        # The driver folds updates while the worker actors hold the cores: with torch's default
+        # intra-op threads each fold waits for descheduled helper threads (measured in
+        # docs/BENCHMARKS.md, zoo-scale: 0.67 s vs 0.03 s of driver time per round at d = 0.27M).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return engine.run(progress=cfg.progress, desc="simulate")
+        finally:
+            torch.set_num_threads(threads)
     finally:
         if own_pool:
             pool.close()
