@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 import torch
@@ -26,11 +26,14 @@ from thinwire.config import RunConfig, build
 from thinwire.faults.network import NetworkModel
 from thinwire.protos import thinwire_pb2 as pb2
 from thinwire.plugins import load_run_plugins
+from thinwire.faults.crash import crash_point
+from thinwire.secagg.wire import KIND as SECAGG_KIND
 from thinwire.task import Task
 from thinwire.wire.link import Link
 
 from thinwire.client.grpc_client import Backoff, Connection, ServerUnavailable
 from thinwire.client.runtime import ClientState, execute
+from thinwire.client.secure_agg import Abandoned, SecAggLink
 
 log = logging.getLogger("thinwire.client")
 BATCH = 4096                    # virtual clients per HeartbeatMany / GetTasks call
@@ -136,6 +139,7 @@ class Fleet:
         self._watch_t = 0.0
         self._server_round = -1
         self.result = FleetResult()
+        self._slots = threading.Semaphore(max(opts.parallel, 1))
 
     # -- setup ----------------------------------------------------------------------------------
     def _join(self, cid: int) -> None:
@@ -227,11 +231,16 @@ class Fleet:
 
     def _work(self, vc: VirtualClient, reply) -> str:
         task = Task.from_dict(json.loads(reply.task_json))
+        if task.kind == SECAGG_KIND:
+            return self._secure_work(vc, reply, task)
+        res = self._compute(vc, reply, task)
+        return res if isinstance(res, str) else self._deliver(vc, reply, res)
+
+    def _compute(self, vc: VirtualClient, reply, task: Task):
+        """Run the task from the client's state before its round (a redone round starts from the
+        same state); returns its ClientResult, or "abandoned"."""
         rnd = int(reply.round)
-        if rnd == vc.last_round:
-            state = vc.before                  # the server redoes this round: start from the same state
-        else:
-            state = vc.state
+        state = vc.before if rnd == vc.last_round else vc.state
         global_vec = self._global(vc.cid, int(reply.model_version), rnd)
         t0 = time.perf_counter()
         model = self._model()
@@ -250,6 +259,11 @@ class Fleet:
                         return "abandoned"
                     time.sleep(min(0.02, max(0.0, modeled - (time.perf_counter() - t0))))
             time.sleep(max(0.0, modeled - (time.perf_counter() - t0)))
+        return res
+
+    def _deliver(self, vc: VirtualClient, reply, res) -> str:
+        """Push a result; on success (or a definite answer) the client's new state becomes its own."""
+        rnd = int(reply.round)
         link = Link(self.net, vc.cid, "up", self.time_scale)
         t_push = time.perf_counter()
         try:
@@ -274,6 +288,36 @@ class Fleet:
             vc.before = vc.state
         vc.state, vc.last_round = res.state, rnd
         return outcome
+
+    def _secure_work(self, vc: VirtualClient, reply, task: Task) -> str:
+        """A secure-aggregation round (client/secure_agg.py): keys, then the masked input, then the
+        shares that unmask the sum. The clear result never leaves this process."""
+        from thinwire.secagg.protocol import SecAggClient
+        from thinwire.secagg.wire import clear_input, masked_payload, params_of
+
+        rnd = int(reply.round)
+        params = params_of(task, int(reply.model_numel))
+        client = SecAggClient(vc.cid, params)
+        link = SecAggLink(self.conn, vc.cid, rnd, self.finished)
+        try:
+            link.advertise(*client.advertise())
+            link.share(*client.share_keys(link.roster()))
+            inbox, u1 = link.inbox()
+            with self._slots:                  # training takes one of the `parallel` slots
+                res = self._compute(vc, reply, task)
+            if isinstance(res, str):
+                return res
+            crash_point("secagg_masked", rnd)
+            enc = masked_payload(client.masked_input(clear_input(res.payload), inbox, u1), params)
+            outcome = self._deliver(vc, reply, replace(res, payload=enc.to_bytes(), header_size=enc.header_size))
+            if outcome == "accepted":
+                link.reveal(client.unmask(link.survivors()))
+            return outcome
+        except Abandoned as e:
+            log.info("client %d: secure aggregation of round %d went on without it: %s", vc.cid, rnd, e)
+            with self.lock:
+                self.result.abandoned += 1
+            return "abandoned"
 
     def _count(self, vc: VirtualClient, outcome: str, seconds: float) -> None:
         with self.lock:
@@ -307,6 +351,11 @@ class Fleet:
     def run(self) -> FleetResult:
         self.setup()
         pool = futures.ThreadPoolExecutor(max_workers=self.opts.parallel, thread_name_prefix="tw-client")
+        # Secure-aggregation tasks wait on the other clients' keys: each gets its own thread, and
+        # only its training takes one of the `parallel` slots (else waiting clients would hold
+        # every slot while the keys they wait for sit in the queue).
+        secure = futures.ThreadPoolExecutor(max_workers=min(len(self.opts.client_ids), 1024),
+                                            thread_name_prefix="tw-secagg")
         try:
             while not self.finished.is_set():
                 wait = 0.5
@@ -328,12 +377,14 @@ class Fleet:
                         vc = self.clients.get(task.client_id)
                         if vc is not None and not vc.busy:
                             vc.busy = True
-                            pool.submit(self._job, vc, task)
+                            secagg = json.loads(task.task_json).get("kind") == SECAGG_KIND
+                            (secure if secagg else pool).submit(self._job, vc, task)
                     wait = min(wait, max(0.05, reply.retry_after_s))
                 self.finished.wait(wait)
         finally:
             self.finished.set()
             pool.shutdown(wait=True, cancel_futures=True)
+            secure.shutdown(wait=True, cancel_futures=True)
             hb = getattr(self, "_heartbeat_thread", None)
             if hb is not None:      # no RPC may be in flight when the channel closes and Python exits
                 hb.join(timeout=10)

@@ -315,3 +315,85 @@ class StatusReply(_message.Message):
     reassembly_buffers: int
     reassembly_pooled_bytes: int
     def __init__(self, run_name: _Optional[str] = ..., round: _Optional[int] = ..., rounds_total: _Optional[int] = ..., phase: _Optional[str] = ..., model_version: _Optional[int] = ..., clients_joined: _Optional[int] = ..., clients_alive: _Optional[int] = ..., selected: _Optional[_Iterable[int]] = ..., accepted: _Optional[_Iterable[int]] = ..., bytes_up_payload: _Optional[int] = ..., bytes_up_wire: _Optional[int] = ..., bytes_down_payload: _Optional[int] = ..., bytes_down_wire: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., finished: bool = ..., rejected_pushes: _Optional[int] = ..., reassembly_bytes: _Optional[int] = ..., reassembly_buffers: _Optional[int] = ..., reassembly_pooled_bytes: _Optional[int] = ...) -> None: ...
+
+class SecAggRequest(_message.Message):
+    __slots__ = ("client_id", "round", "step", "c_public", "s_public", "shares", "reveals")
+    class Step(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ADVERTISE: _ClassVar[SecAggRequest.Step]
+        ROSTER: _ClassVar[SecAggRequest.Step]
+        SHARE_KEYS: _ClassVar[SecAggRequest.Step]
+        SHARES: _ClassVar[SecAggRequest.Step]
+        SURVIVORS: _ClassVar[SecAggRequest.Step]
+        REVEAL: _ClassVar[SecAggRequest.Step]
+    ADVERTISE: SecAggRequest.Step
+    ROSTER: SecAggRequest.Step
+    SHARE_KEYS: SecAggRequest.Step
+    SHARES: SecAggRequest.Step
+    SURVIVORS: SecAggRequest.Step
+    REVEAL: SecAggRequest.Step
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    C_PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    S_PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    REVEALS_FIELD_NUMBER: _ClassVar[int]
+    client_id: int
+    round: int
+    step: SecAggRequest.Step
+    c_public: bytes
+    s_public: bytes
+    shares: _containers.RepeatedCompositeFieldContainer[SecAggShare]
+    reveals: _containers.RepeatedCompositeFieldContainer[SecAggReveal]
+    def __init__(self, client_id: _Optional[int] = ..., round: _Optional[int] = ..., step: _Optional[_Union[SecAggRequest.Step, str]] = ..., c_public: _Optional[bytes] = ..., s_public: _Optional[bytes] = ..., shares: _Optional[_Iterable[_Union[SecAggShare, _Mapping]]] = ..., reveals: _Optional[_Iterable[_Union[SecAggReveal, _Mapping]]] = ...) -> None: ...
+
+class SecAggShare(_message.Message):
+    __slots__ = ("peer", "sealed", "commit_s", "commit_b")
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_S_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_B_FIELD_NUMBER: _ClassVar[int]
+    peer: int
+    sealed: bytes
+    commit_s: bytes
+    commit_b: bytes
+    def __init__(self, peer: _Optional[int] = ..., sealed: _Optional[bytes] = ..., commit_s: _Optional[bytes] = ..., commit_b: _Optional[bytes] = ...) -> None: ...
+
+class SecAggReveal(_message.Message):
+    __slots__ = ("dealer", "kind", "share")
+    DEALER_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    dealer: int
+    kind: str
+    share: bytes
+    def __init__(self, dealer: _Optional[int] = ..., kind: _Optional[str] = ..., share: _Optional[bytes] = ...) -> None: ...
+
+class SecAggKeys(_message.Message):
+    __slots__ = ("client_id", "c_public", "s_public")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    C_PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    S_PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    client_id: int
+    c_public: bytes
+    s_public: bytes
+    def __init__(self, client_id: _Optional[int] = ..., c_public: _Optional[bytes] = ..., s_public: _Optional[bytes] = ...) -> None: ...
+
+class SecAggReply(_message.Message):
+    __slots__ = ("ready", "retry_after_s", "roster", "shares", "clients", "abandoned", "message")
+    READY_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    ROSTER_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    ABANDONED_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ready: bool
+    retry_after_s: float
+    roster: _containers.RepeatedCompositeFieldContainer[SecAggKeys]
+    shares: _containers.RepeatedCompositeFieldContainer[SecAggShare]
+    clients: _containers.RepeatedScalarFieldContainer[int]
+    abandoned: bool
+    message: str
+    def __init__(self, ready: bool = ..., retry_after_s: _Optional[float] = ..., roster: _Optional[_Iterable[_Union[SecAggKeys, _Mapping]]] = ..., shares: _Optional[_Iterable[_Union[SecAggShare, _Mapping]]] = ..., clients: _Optional[_Iterable[int]] = ..., abandoned: bool = ..., message: _Optional[str] = ...) -> None: ...

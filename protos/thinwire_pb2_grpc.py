@@ -79,6 +79,11 @@ class ParameterServerStub(object):
                 request_serializer=thinwire__pb2.StatusRequest.SerializeToString,
                 response_deserializer=thinwire__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.SecAgg = channel.unary_unary(
+                '/thinwire.v1.ParameterServer/SecAgg',
+                request_serializer=thinwire__pb2.SecAggRequest.SerializeToString,
+                response_deserializer=thinwire__pb2.SecAggReply.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer(object):
@@ -145,6 +150,15 @@ class ParameterServerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SecAgg(self, request, context):
+        """Secure aggregation (--strategy secagg): the key exchange around a round's masked inputs,
+        which travel as ordinary pushes. One call per step; a step whose answer needs the other
+        clients' messages (ROSTER, SHARES, SURVIVORS) answers ready=false until the server has them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -192,6 +206,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=thinwire__pb2.StatusRequest.FromString,
                     response_serializer=thinwire__pb2.StatusReply.SerializeToString,
+            ),
+            'SecAgg': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecAgg,
+                    request_deserializer=thinwire__pb2.SecAggRequest.FromString,
+                    response_serializer=thinwire__pb2.SecAggReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -437,6 +456,33 @@ class ParameterServer(object):
             '/thinwire.v1.ParameterServer/Status',
             thinwire__pb2.StatusRequest.SerializeToString,
             thinwire__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecAgg(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/thinwire.v1.ParameterServer/SecAgg',
+            thinwire__pb2.SecAggRequest.SerializeToString,
+            thinwire__pb2.SecAggReply.FromString,
             options,
             channel_credentials,
             insecure,

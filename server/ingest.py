@@ -121,7 +121,7 @@ class PushIngest:
                 raise WireError("ABORTED", f"another push of client {cid} for round {rnd} is in progress")
             try:
                 h = result_header(bytes(header.encoded_header))
-                allowed = {self.ps.codec.name, "identity"}
+                allowed = {self.ps.codec.name, "identity", *self.ps.engine.strategy.result_codecs}
                 bad = [c for _, c, _, _ in h["items"] if c not in allowed]
                 if bad:
                     raise ValueError(f"update codec {bad[0]!r} does not match the run's codec {self.ps.codec.name!r}")

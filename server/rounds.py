@@ -73,6 +73,10 @@ class Transport(Protocol):
     def now(self) -> float: ...                                        # seconds since the round opened
     def next_event(self, until: float) -> Arrival | Lost | None: ...  # None: the clock reached `until`
     def close_round(self, rnd: int, keep_late: bool) -> dict[str, Any]: ...  # the round's I/O figures
+    # Rounds with a session (secure aggregation): `open_session` before `open_round`, and
+    # `finish_session` after `close_round`, returning the round time its last exchange took.
+    def open_session(self, rnd: int, session: Any) -> None: ...
+    def finish_session(self, rnd: int, session: Any) -> float: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
@@ -188,6 +192,9 @@ class RoundEngine:
         if strategy.spans_steps:
             self.delayed_done = {k for k in self.delayed_done if k[0] in self.tasks_by_round}
         strategy.begin_round(rnd, self.global_vec)
+        session = strategy.round_session()
+        if session is not None:
+            self.transport.open_session(rnd, session)
         self.transport.open_round(rnd, strategy.broadcast(rnd, self.global_vec), tasks)
         log.info("round %d: selected %s", rnd, selected)
 
@@ -219,6 +226,13 @@ class RoundEngine:
             holes += len(ev.holes) if verdict == "accepted" else 0
         round_time = min(view.now, deadline)
         io = self.transport.close_round(rnd, keep_late=strategy.max_delay > 0)
+        if session is not None:                        # e.g. secure aggregation's unmasking
+            session.close_inputs()
+            round_time += self.transport.finish_session(rnd, session)
+            for k in ("up", "down"):                   # its messages, counted by the session
+                extra = session.message_bytes(k)
+                io[f"bytes_{k}"] = io.get(f"bytes_{k}", 0) + extra
+                io[f"payload_{k}"] = io.get(f"payload_{k}", 0) + extra
         arrivals = {**view.late, **view.arrived}          # results of earlier rounds (delayed, async) too
         accepted = sorted(arrivals, key=lambda c: (arrivals[c], c))
         if self.policy.enough(len(view.arrived) + delayed):

@@ -25,6 +25,7 @@ from thinwire.server.malloc_policy import tune_malloc
 
 log = logging.getLogger("thinwire.server")
 MAX_BATCH = 100_000            # client ids in one HeartbeatMany / GetTasks call
+SECAGG_STEPS = {0: "advertise", 1: "advertise", 2: "share", 3: "share", 4: "unmask", 5: "unmask"}
 
 
 def _abort(context, err: WireError) -> None:
@@ -197,6 +198,21 @@ class Servicer(pb2_grpc.ParameterServerServicer):
         return pb2.PushReply(result=code, missing=missing, message=msg, payload_bytes=payload, wire_bytes=wire,
                              holes=holes)
 
+    def SecAgg(self, request, context):
+        """Secure aggregation's key exchange (thinwire.secagg): its bytes are counted by the round's
+        session (per step), which the round engine adds to the round's uplink and downlink."""
+        self._who(context, request.client_id)
+        self.ps.members.touch(request.client_id)
+        session = self.ps.session
+        try:
+            reply = self.ps.secagg_step(request, pb2)
+        except WireError as e:
+            log.info("SecAgg refused (%s): client %d: %s", e.code, request.client_id, e)
+            _abort(context, e)
+        if session is not None:
+            session.count(SECAGG_STEPS[request.step], request.ByteSize() + GRPC_FRAME, reply.ByteSize() + GRPC_FRAME)
+        return reply
+
     def Status(self, request, context):
         s = self.ps.status()
         s.update(self.ps.ingest.budget.snapshot())
@@ -250,6 +266,7 @@ def add_to_server(servicer: Servicer, server: grpc.Server) -> None:
         "HeartbeatMany": unary("HeartbeatMany", servicer.HeartbeatMany, pb2.ManyRequest),
         "GetTasks": unary("GetTasks", servicer.GetTasks, pb2.ManyRequest),
         "Status": unary("Status", servicer.Status, pb2.StatusRequest),
+        "SecAgg": unary("SecAgg", servicer.SecAgg, pb2.SecAggRequest),
         "PushUpdate": grpc.stream_unary_rpc_method_handler(servicer.PushUpdate, request_deserializer=push_in,
                                                            response_serializer=lambda m: m.SerializeToString()),
         "GetModel": grpc.unary_stream_rpc_method_handler(get_model, request_deserializer=None,

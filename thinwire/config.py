@@ -253,6 +253,16 @@ class RunConfig:
     dp_delta: float = _f(1e-5, "--strategy dp-fedavg: delta of the reported (epsilon, delta)")
     dp_noise_seed: int = _f(-1, "--strategy dp-fedavg: seed of the noise (-1 = fresh OS randomness; a fixed "
                             "seed makes runs reproducible but lets whoever knows it remove the noise)")
+    secagg_bits: int = _f(2, "--strategy secagg: bits b of the shared integer grid (2 = ternary); the masked input "
+                          "costs k = ceil(log2(2 n (2^(b-1) - 1) + 1)) bits per kept coordinate for n clients")
+    secagg_ratio: float = _f(1.0, "--strategy secagg: keep 1/ratio of the coordinates (a random block shared by the "
+                             "round's clients; 1 = all)")
+    secagg_clip: float = _f(0.01, "--strategy secagg: half-range R of the grid after the shared rotation (a rotated "
+                            "coordinate is ~ ||delta|| / sqrt(d): see norm_median in metrics.jsonl)")
+    secagg_degree: int = _f(0, "--strategy secagg: neighbours per client in the SecAgg+ graph (even, >= 2; 0 = "
+                            "every other client); a secret is rebuilt from floor(degree/2) + 1 shares")
+    secagg_timeout: float = _f(30.0, "--strategy secagg: seconds a key-exchange or unmask step waits for silent "
+                               "clients before going on without them (served mode)")
 
     # -- client state store (issue 21)
     state_store: str = _f("files", "where simulated clients' state (error-feedback residuals) lives: files "
@@ -377,6 +387,13 @@ class RunConfig:
         check_float("dp_noise", self.dp_noise, 0.0)
         check_float("dp_delta", self.dp_delta, 0.0, 1.0, lo_open=True, hi_open=True)
         check_int("dp_noise_seed", self.dp_noise_seed, -1)
+        check_int("secagg_bits", self.secagg_bits, 2, 16)
+        check_int("secagg_degree", self.secagg_degree, 0)
+        check_float("secagg_ratio", self.secagg_ratio, 1.0)
+        check_float("secagg_clip", self.secagg_clip, 0.0, lo_open=True)
+        check_float("secagg_timeout", self.secagg_timeout, 0.0, lo_open=True)
+        from thinwire.server.strategy.secagg import check_config
+        check_config(self)
 
     def _validate_state_store(self) -> None:
         check_choice("state_store", self.state_store, STATE_STORES)

@@ -57,7 +57,7 @@ _KINDS: dict[str, KindFn] = {}
 #: built-in kinds defined in their own modules, imported on first use: name -> module
 BUILTIN_MODULES: dict[str, str] = {"train": "thinwire.client.kinds.local_sgd", "jacobian": "thinwire.client.kinds.jacobian",
                                    "coded_gradient": "thinwire.client.kinds.coded_gradient",
-                                   "attack": "thinwire.client.kinds.attack"}
+                                   "attack": "thinwire.client.kinds.attack", "secagg": "thinwire.client.kinds.secagg"}
 
 
 def register_kind(name: str, fn: KindFn | None = None):

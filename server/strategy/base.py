@@ -58,6 +58,8 @@ class Strategy:
     #: asynchronous strategies (FedBuff): a client's work may span several rounds (server steps);
     #: the engine keeps the clients `in_flight()` reports open across rounds until they deliver
     spans_steps = False
+    #: codecs a result may arrive in besides the run's codec and identity (secure aggregation's masked inputs)
+    result_codecs: tuple[str, ...] = ()
 
     def __init__(self, cfg=None) -> None:
         self.cfg = cfg
@@ -117,6 +119,12 @@ class Strategy:
 
     def finalize(self) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
+
+    def round_session(self) -> Any:
+        """An exchange the round's clients take part in beside their tasks, which the transport
+        serves and completes after the round closes (secure aggregation's key exchange and
+        unmasking: thinwire.secagg.session.SecAggSession); None for plain rounds."""
+        return None
 
     def in_flight(self) -> dict[int, int]:
         """Clients still working on a task (client -> its round), for `spans_steps` strategies."""

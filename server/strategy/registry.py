@@ -14,7 +14,7 @@ BUILTIN_MODULES: dict[str, str] = {"ntk": "thinwire.server.strategy.ntk", "fedbu
                                    **{name: "thinwire.server.strategy.sgc" for name in ("uncoded", "gc", "sr-sgc", "m-sgc")},
                                    # robust rules and central DP (issue 23)
                                    **{name: "thinwire.server.strategy.robust" for name in ("median", "trimmed-mean", "krum")},
-                                   "dp-fedavg": "thinwire.server.strategy.dp"}
+                                   "dp-fedavg": "thinwire.server.strategy.dp", "secagg": "thinwire.server.strategy.secagg"}
 
 
 def register(name: str, factory: Callable[[Any], Strategy] | None = None):

@@ -4,6 +4,8 @@ with SIGKILL (no cleanup, no flush: as `kill -9` would) when it reaches POINT in
     THINWIRE_CRASH_AT=mid_push:round=1         a push of round 1 has placed its first chunk
     THINWIRE_CRASH_AT=after_fold:round=1       an update of round 1 was folded into the sum
     THINWIRE_CRASH_AT=mid_checkpoint:round=1   round 1's checkpoint is written but not yet renamed
+    THINWIRE_CRASH_AT=secagg_masked:round=0    a secure-aggregation client's masks are fixed (U1 known),
+                                               its masked input not yet sent (a dropout after masking)
 
 Unset (every normal run) the check is one dict lookup done once per process.
 """
@@ -13,7 +15,7 @@ import os
 import signal
 
 ENV = "THINWIRE_CRASH_AT"
-POINTS = ("mid_push", "after_fold", "mid_checkpoint")
+POINTS = ("mid_push", "after_fold", "mid_checkpoint", "secagg_masked")
 
 
 def _parse(value: str | None) -> tuple[str, int] | None:

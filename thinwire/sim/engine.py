@@ -179,15 +179,37 @@ class SimTransport:
         # dropped as late): until then it is kept here, so a checkpoint never holds the residual of
         # work still in flight (asynchronous strategies redo that work after a resume).
         self._unsettled: dict[int, tuple[int, Any]] = {}     # client -> (round, state) of its latest task
+        self._session = None                                  # secure aggregation: the round's session
+        self._secagg = None                                   # ... and its clients' side (thinwire.secagg)
 
     def candidates(self, rnd: int) -> list[int]:
         return list(range(self.cfg.clients))
+
+    def open_session(self, rnd: int, session) -> None:
+        self._session = session
+
+    def finish_session(self, rnd: int, session) -> float:
+        """Secure aggregation's unmask step for the survivors; its round trip's (virtual) seconds."""
+        clients, self._secagg, self._session = self._secagg, None, None
+        if clients is None:
+            return 0.0
+        clients.unmask()
+        return clients.unmask_time
+
+    def _link_time(self, cid: int, up: int, down: int) -> float:
+        """A small request and its reply on client `cid`'s emulated link (no chunk loss)."""
+        prof = self.net.profile(cid)
+        return 2 * prof.latency_s + up * 8.0 / prof.up_bps + down * 8.0 / prof.down_bps
 
     def open_round(self, rnd: int, vec: torch.Tensor, tasks: dict[int, Task]) -> None:
         net = self.net
         self._round, self._now = rnd, 0.0
         down_bytes = compression.get("identity").encode(vec).nbytes
         results = self.pool.run(vec, [(tasks[c].to_dict(), self._state_of(c)) for c in sorted(tasks)])
+        if self._session is not None:        # secure aggregation: keys first, then only masked inputs leave
+            from thinwire.secagg.simulated import SimulatedClients
+            self._secagg = SimulatedClients(self._session, rnd, self._link_time)
+            results = [self._secagg.masked(r) for r in results if r.client_id in self._secagg.inboxes]
         io = {"bytes_up": 0, "bytes_down": 0, "payload_up": 0, "payload_down": 0, "dropped_chunks": 0, "retransmitted_chunks": 0,
               "stragglers": [c for c in sorted(tasks) if net.straggler_factor(c, rnd) > 1.0]}
         arrivals = []
@@ -204,8 +226,9 @@ class SimTransport:
             io["payload_down"] += down_bytes
             io["dropped_chunks"] += up.dropped_chunks + down.dropped_chunks  # both ways, as retransmitted_chunks
             io["retransmitted_chunks"] += up.retransmitted_chunks + down.retransmitted_chunks
+            keys = self._secagg.key_time.get(r.client_id, 0.0) if self._secagg is not None else 0.0
             arrivals.append(Arrival(client_id=r.client_id, round=r.round, job=r.job, payload=r.payload,
-                                    scalars=r.scalars, time=down.time_s + comp + up.time_s, holes=holes))
+                                    scalars=r.scalars, time=down.time_s + keys + comp + up.time_s, holes=holes))
         self._io = io
         self._pending = set(tasks) | {a.client_id for a in self._carry}
         self._queue = sorted(self._carry + arrivals, key=lambda a: (a.time, a.client_id))
