@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -237,3 +238,70 @@ def test_served_secagg_100_clients_10_drop_after_masking(tmp_path: Path):
         assert inside < plain + 5 * np.sqrt(plain / y.size)     # 5 SE above the uniform rate (x: 100 %)
     sizes = {c: len(v) for c, v in session.server.sealed.items()}
     assert set(sizes) == set(range(100)) and all(n == 99 for n in sizes.values())   # sealed, never opened
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_bad_secagg_calls_get_a_grpc_status_and_the_round_still_completes(tmp_path: Path):
+    import grpc
+
+    from thinwire.client.grpc_client import Connection
+    from thinwire.protos import thinwire_pb2 as pb2
+    from thinwire.server.app import ParameterServer, ServeOptions
+    from thinwire.server.service import ServerHandle
+    from thinwire.wire.security import Authenticator, ClientSecurity, ServerSecurity
+
+    cfg = RunConfig(name="bad", out_dir=str(tmp_path), progress=False, **dict(SETTINGS, clients=4, per_round=3)).validate()
+    ps = ParameterServer(cfg, ServeOptions(port=0, heartbeat_timeout=60.0, join_wait=60, linger=0.5))
+    handle = ServerHandle(ps, ServerSecurity(None, Authenticator(), []))
+    conn = Connection(f"127.0.0.1:{handle.port}", ClientSecurity(None))
+    proc = None
+    try:
+        for c in range(4):
+            conn.join(c)
+        selected = []
+        for _ in range(100):
+            selected = sorted(t.client_id for t in conn.get_tasks([0, 1, 2, 3]).tasks)
+            if selected:
+                break
+            time.sleep(0.1)
+        assert len(selected) == 3
+        other = ({0, 1, 2, 3} - set(selected)).pop()
+        c = selected[0]
+
+        def refused(req):
+            with pytest.raises(grpc.RpcError) as e:
+                conn.stub.SecAgg(req, timeout=10)
+            return e.value.code(), e.value.details()
+
+        key = bytes(32)
+        assert refused(wire.advertise_request(pb2, c, 5, key, key)) == (
+            grpc.StatusCode.FAILED_PRECONDITION, "round 5 has not started (current 0)")
+        code, msg = refused(wire.advertise_request(pb2, other, 0, key, key))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and f"client {other} takes no part" in msg
+        code, msg = refused(wire.advertise_request(pb2, c, 0, b"short", key))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and msg.startswith("public keys: 5 and 32 bytes")
+        code, msg = refused(wire.request(pb2, c, 0, "REVEAL"))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "advertise step" in msg
+        code, msg = refused(pb2.SecAggRequest(client_id=c, round=0, step=9))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and msg.startswith("step: 9")
+        raw = conn.channel.unary_unary("/thinwire.v1.ParameterServer/SecAgg")
+        with pytest.raises(grpc.RpcError) as e:
+            raw(b"\xff\xff\xff", timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a valid SecAggRequest" in e.value.details()
+        assert "\n" not in msg and ps.session is not None and ps.session.phase == "advertise"
+        # nothing was taken: the real clients now run the round to its end
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "thinwire.cli", "client", "--insecure", "--server", f"127.0.0.1:{handle.port}",
+             "--client-id-start", "0", "--virtual-clients", "4", "--parallel", "2", "--max-wait", "60"],
+            stdout=open(tmp_path / "client.log", "w"), stderr=subprocess.STDOUT, env=ENV)
+        assert handle.wait(120), (tmp_path / "client.log").read_text()[-2000:]
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.wait(30)
+        conn.close()
+        handle.stop()
+    row = json.loads((tmp_path / "bad" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["secagg_u2"] == 3 and row["aggregated"] == 3 and "secagg_error" not in row
+    init, xs, task = clear_inputs(cfg, selected)
+    assert torch.equal(ps.global_vec, expected_model(init, xs, task, selected))
