@@ -9,6 +9,9 @@ bound stay within 2 points of the clean fedavgm run.
 --part dp: 1,000 IID digits clients, 100 expected per round (Poisson, q = 0.1): fedavgm without DP
 vs dp-fedavg at the given noise multipliers; accuracy and the accountant's (epsilon, delta).
 
+--part secagg: the demo with fp32 updates vs `--strategy secagg` (secure aggregation with the
+additive integer codec, in real runs): uplink bytes at equal accuracy against dense fp32 SecAgg.
+
 Every arm of one seed shares one Ray worker pool; accuracy is the mean of the last `TAIL`
 evaluations (and the final one), each arm's run directory is kept under --out-dir.
 """
@@ -48,9 +51,11 @@ ATTACK = {"attack_fraction": 0.1, "attack_scale": 1000.0}
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--part", choices=("robust", "dp", "secagg", "all"), default="all",
                    help="which comparison (default: all)")
-    p.add_argument("--secagg-codec", default="bits=4,ratio=1,clip=0.008",
-                   help="secagg part: IntegerCodec settings (default: bits=4,ratio=1,clip=0.008)")
-    p.add_argument("--secagg-degree", default="0,16", help="secagg part: neighbour degrees, 0 = complete graph")
+    p.add_argument("--secagg-arms", default="bits=2,ratio=1,clip=0.008;bits=2,ratio=1.6,clip=0.008",
+                   help="secagg part: ';'-separated --secagg-* settings, one secagg run each "
+                        "(default: bits=2,ratio=1,clip=0.008;bits=2,ratio=1.6,clip=0.008)")
+    p.add_argument("--secagg-degree", default="0", help="secagg part: neighbours per client, 0 = complete graph")
+    p.add_argument("--secagg-hidden", default="", help="secagg part: hidden sizes of the demo's MLP (default: the demo's)")
     p.add_argument("--config", default="configs/demo.toml", help="robust part: the base config (default: the demo)")
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds, one run per arm each (default: 0,1)")
     p.add_argument("--rounds", type=int, default=0, help="rounds (0 = the config's; dp part: 60)")
@@ -158,72 +163,53 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- secure aggregation: bytes of one round, exactness under dropout -------------------------------------
+# -- secure aggregation inside runs: uplink at equal accuracy ---------------------------------------------
 def secagg_part(args) -> dict[str, Any]:
-    """100 clients with model-sized updates (the demo MLP), 10 % dropping out after masking: dense
-    fixed-point fp32 SecAgg (32-bit integers, every coordinate) vs the additive integer codec inside
-    the same protocol. Checks the unmasked sum against the plain integer sum; counts uplink bytes
-    per client and step."""
-    import numpy as np
-    import torch
+    """Real runs of the demo (configs/demo.toml; `--secagg-hidden` widens its MLP): fedavgm with fp32
+    updates vs `--strategy secagg` at each `--secagg-arms` setting (the key exchange, masks, Shamir
+    shares and unmasking all run; 3 of the 13 selected per round drop out after masking).
 
+    Dense fp32 SecAgg (Bonawitz et al.: every coordinate a 32-bit fixed-point integer inside the
+    same masks) is not a thinwire codec: its uplink is the fp32 run's update pushes (4 B per
+    coordinate, what its masked inputs would carry) plus the same key-exchange and unmask messages
+    per client the secagg runs measured, and its accuracy that of the fp32 run."""
     from thinwire.metrics import format_table
-    from thinwire.secagg import SecAggParams, run_round
-    from thinwire.secagg.masks import unwrap
-    from thinwire.secagg.quantize import IntegerCodec, modulus_bits
 
-    numel = _demo_numel(args.config)
-    n, drop_n = 100, 10
-    kw = dict(kv.split("=") for kv in args.secagg_codec.split(","))
-    codec = IntegerCodec(bits=int(kw.get("bits", 4)), ratio=float(kw.get("ratio", 1)), clip=float(kw.get("clip", 0.01)),
-                         seed=1, round=0)
-    g = torch.Generator().manual_seed(0)
-    updates = [0.2 * torch.randn(numel, generator=g) / numel ** 0.5 for _ in range(n)]   # norm ~0.2, as the demo's
-    rng = np.random.default_rng(0)
-    drop = {int(c) for c in rng.choice(n, drop_n, replace=False)}
-    dense = {i: np.round(u.double().numpy() * (1 << 16)).astype(np.int64) for i, u in enumerate(updates)}
-    ours = {i: codec.encode(u, client_seed=i) for i, u in enumerate(updates)}
-    k = modulus_bits(codec.bits, n)
-    rows, out = [], []
-    for degree in [int(x) for x in str(args.secagg_degree).split(",")]:
-        for label, inputs, bits in (("dense fp32 SecAgg", dense, 32), (f"additive codec ({args.secagg_codec})", ours, k)):
-            count = next(iter(inputs.values())).size
-            t0 = time.perf_counter()
-            total, server, _ = run_round(inputs, SecAggParams(count=count, bits=bits, degree=degree, context=b"bench"),
-                                         drop_after_shares=drop)
-            wall = time.perf_counter() - t0
-            exact = bool(np.array_equal(unwrap(total, bits), sum(v for c, v in inputs.items() if c not in drop)))
-            b = server.bytes_in
-            per = {step: v / (n - drop_n if step in ("masked_input", "unmask") else n) for step, v in b.items()}
-            total_up = sum(per.values())
-            rec = {"degree": degree or n - 1, "arm": label, "modulus_bits": bits, "count": count, "exact": exact,
-                   "survivors": len(server.survivors()), "bytes_per_client": per, "uplink_per_client": total_up,
-                   "wall_s": wall}
-            out.append(rec)
-            rows.append([str(rec["degree"]), label, f"{count} x {bits} b", f"{per['masked_input']:,.0f}",
-                         f"{per['advertise'] + per['share_keys'] + per['unmask']:,.0f}", f"{total_up:,.0f}",
-                         "yes" if exact else "NO", f"{wall:.1f}"])
-            print(f"  degree {rec['degree']} {label}: exact={exact} uplink/client {total_up:,.0f} B", flush=True)
-    print(format_table(["degree", "arm", "masked input", "payload B/client", "protocol B/client", "total B/client",
-                        "sum exact", "wall s"], rows))
-    for degree in sorted({r["degree"] for r in out}):
-        d, o = [r for r in out if r["degree"] == degree]
-        print(f"degree {degree}: payload {d['bytes_per_client']['masked_input'] / o['bytes_per_client']['masked_input']:.1f}x "
-              f"smaller, total uplink {d['uplink_per_client'] / o['uplink_per_client']:.1f}x smaller than dense fp32 SecAgg")
-    # accuracy: the demo trained on what the server would decode (dense fp32 vs the additive codec)
     seeds = [int(x) for x in str(args.seeds).split(",") if x.strip()]
-    spec = f"thinwire.secagg.quantize:SecAggIntCodec:{args.secagg_codec}"
-    arms = [("dense fp32 (identity codec)", {"codec": "identity"}),
-            (f"additive codec {args.secagg_codec}", {"codec": spec, "feedback": "none" if codec.ratio == 1 else "ef"})]
-    base = {"rounds": args.rounds} if args.rounds else {}
-    acc = {s: _run_arms(arms, base, args.config, s, args) for s in seeds}
-    print(_table(acc, arms[0][0]))
-    return {"rounds": out, "accuracy": acc}
-
-
-def _demo_numel(config: str) -> int:
-    from thinwire.data.datasets import dataset_from_config
-    from thinwire.models import model_from_config
-
-    cfg = load(RunConfig, config, {"progress": False})
-    return sum(p.numel() for p in model_from_config(cfg, dataset_from_config(cfg)).parameters())
+    hidden = [int(h) for h in str(args.secagg_hidden).split(",") if h.strip()]
+    base = {"secagg_degree": int(args.secagg_degree), **({"hidden": hidden} if hidden else {}),
+            **({"rounds": args.rounds} if args.rounds else {})}
+    arms = [("fedavgm fp32", {"codec": "identity"})]
+    for spec in [a for a in str(args.secagg_arms).split(";") if a.strip()]:
+        kw = {f"secagg_{k}": float(v) if k in ("ratio", "clip") else int(v)
+              for k, v in (kv.split("=") for kv in spec.split(","))}
+        arms.append((f"secagg {spec}", {"strategy": "secagg", "codec": "identity", **kw}))
+    res = {s: _run_arms(arms, base, args.config, s, args) for s in seeds}
+    rows, out = [], {}
+    for label, _ in arms:
+        per_seed = []
+        for s in seeds:
+            metrics = [json.loads(x) for x in (Path(res[s][label]["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+            keys = sum(m.get("secagg_key_bytes_up", 0) for m in metrics)
+            per_seed.append({"uplink": sum(m["bytes_up"] for m in metrics), "keys": keys,
+                             "masked": sum(m.get("secagg_masked_bytes", 0) for m in metrics),
+                             "dropped_after_masking": sum(m.get("secagg_dropped_after_masking", 0) for m in metrics),
+                             "errors": sum("secagg_error" in m for m in metrics),
+                             "aggregated": sum(m["aggregated"] for m in metrics), "tail_acc": res[s][label]["tail_acc"]})
+        out[label] = per_seed
+    key_per_seed = [statistics.fmean(out[label][i]["keys"] for label, _ in arms[1:]) if len(arms) > 1 else 0.0
+                    for i in range(len(seeds))]
+    dense = [out[arms[0][0]][i]["uplink"] + key_per_seed[i] for i in range(len(seeds))]
+    for label, _ in arms:
+        r = out[label]
+        up = [x["uplink"] + (key_per_seed[i] if label == arms[0][0] else 0) for i, x in enumerate(r)]
+        gaps = [x["tail_acc"] - out[arms[0][0]][i]["tail_acc"] for i, x in enumerate(r)]
+        keys = [key_per_seed[i] if label == arms[0][0] else x["keys"] for i, x in enumerate(r)]
+        rows.append([label if label != arms[0][0] else "dense fp32 SecAgg (fp32 run + measured key bytes)",
+                     f"{statistics.fmean(x['tail_acc'] for x in r):.4f}", f"{100 * statistics.fmean(gaps):+.1f}",
+                     f"{statistics.fmean(up) / 1e6:.2f}", f"{statistics.fmean(keys) / 1e6:.2f}",
+                     f"{statistics.fmean(d / u for d, u in zip(dense, up)):.1f}x",
+                     f"{sum(x['dropped_after_masking'] for x in r)}", f"{sum(x['errors'] for x in r)}"])
+    print(format_table(["arm", f"acc (last {TAIL})", "points vs fp32", "uplink MB", "of it key exchange MB",
+                        "vs dense SecAgg", "dropped after masking", "failed rounds"], rows))
+    return {"runs": res, "bytes": out, "dense_uplink": dense}
