@@ -141,7 +141,7 @@ def unpack_lookup(data: torch.Tensor, bits: int, count: int, table: torch.Tensor
         byte = torch.arange(256, device=data.device).unsqueeze(1)
         shifts = torch.arange(0, 8, bits, device=data.device)
         lut = table[(byte >> shifts) & ((1 << bits) - 1)]  # (256, per)
-        return lut.index_select(0, data.reshape(-1)[:nb].to(torch.int32)).view(-1)[:count]
+        return _rows(lut).index_select(0, data.reshape(-1)[:nb].to(torch.int32)).view(table.dtype).view(-1)[:count]
     if bits == 3 and count % 8 == 0:
         return _unpack3_lookup(data, count, table)
     return table.index_select(0, unpack(data, bits, count).to(torch.int32))
@@ -153,13 +153,24 @@ def _unpack3_lookup(data: torch.Tensor, count: int, table: torch.Tensor) -> torc
     groups = count // 8
     if data.numel() < groups * 3:
         raise ValueError(f"data: {data.numel()} bytes cannot hold {count} codes of 3 bits")
-    b = data[:groups * 3].view(groups, 3).to(torch.int32)
+    w = torch.zeros(groups, 4, dtype=torch.uint8, device=data.device)
+    w[:, :3] = data[:groups * 3].view(groups, 3)
+    w = w.view(torch.int32).view(-1)                 # the group's 24 bits, little-endian
     half = torch.empty(groups, 2, dtype=torch.int32, device=data.device)
-    torch.bitwise_or(b[:, 0], (b[:, 1] & 15) << 8, out=half[:, 0])
-    torch.bitwise_or(b[:, 1] >> 4, b[:, 2] << 4, out=half[:, 1])
+    torch.bitwise_and(w, 0xFFF, out=half[:, 0])
+    torch.bitwise_right_shift(w, 12, out=half[:, 1])
     v = torch.arange(4096, device=data.device).unsqueeze(1)
     lut = table[(v >> torch.arange(0, 12, 3, device=data.device)) & 7]      # (4096, 4)
-    return lut.index_select(0, half.view(-1)).view(-1)
+    return _rows(lut).index_select(0, half.view(-1)).view(table.dtype).view(-1)
+
+
+def _rows(lut: torch.Tensor) -> torch.Tensor:
+    """A (rows, k) float32 table as one wide element per row where a dtype of that width exists
+    (8 bytes: int64, 16 bytes: complex128): index_select copies single elements several times
+    faster than rows (b = 4: 13 ms -> 2 ms for 2^21 rows). Bits are copied, never computed on."""
+    width = lut.shape[1] * lut.element_size()
+    wide = {8: torch.int64, 16: torch.complex128}.get(width)
+    return lut if wide is None else lut.contiguous().view(wide).view(-1)
 
 
 def lost_codes(start: int, end: int, bits: int) -> tuple[int, int]:

@@ -27,9 +27,9 @@ import torch
 
 from . import bitpack
 from .base import Codec, Context, Encoded, derive_seed, new_encoded, register
-from .eden_quant import bin_codes, boundaries, centroids, dot64, sum_squares64
+from .eden_quant import boundaries, centroids, quantize, sum_squares64
 from .eden_tables import HALF_CENTROIDS
-from .hadamard import apply_signs_, fwht_, is_pow2, next_pow2, signed_copy
+from .hadamard import is_pow2, next_pow2, rotate_into, unrotate_
 
 DEFAULT_MAX_CHUNK = 1 << 24
 ROTATIONS = ("client", "shared")
@@ -167,18 +167,22 @@ class Eden(Codec):
         lay = _Layout(x.numel(), bits, seed, p["max_overhead"], p["max_chunk"], dev)
         streams: dict[int, list[torch.Tensor]] = {w: [] for w in lay.widths}
         scales: list[float] = []
+        # integer bits: each chunk's codes are packed as they are made (the concatenated stream is
+        # the same bytes when every chunk but the last holds a multiple of 8 codes)
+        packed = lay.frac == 0 and bits >= 1 and all(D % 8 == 0 for D in lay.padded[:-1])
         pos = 0
         for c, (n, D) in enumerate(zip(lay.sizes, lay.padded)):
-            y = torch.empty(D, dtype=torch.float32, device=dev) if n == D else \
-                torch.zeros(D, dtype=torch.float32, device=dev)
-            signed_copy(x[pos:pos + n].to(torch.float32).contiguous(), derive_seed(seed, "rot", c), y)
+            y = torch.empty(D, dtype=torch.float32, device=dev)
+            rotate_into(x[pos:pos + n].to(torch.float32).contiguous(), derive_seed(seed, "rot", c), y)
             pos += n
-            fwht_(y)
-            scale, codes = _quantize(y, lay, c, p["unbiased"])
+            scale, codes = _quantize(y, lay, c, p["unbiased"], packed)
             scales.append(scale)
             for w in lay.widths:
                 streams[w].append(codes[w])
-        sections = {_stream_name(w): _to_bytes(bitpack.pack(torch.cat(streams[w]), w)) for w in lay.widths}
+        if packed:
+            sections = {_stream_name(w): b"".join(_to_bytes(t) for t in streams[w]) for w in lay.widths}
+        else:
+            sections = {_stream_name(w): _to_bytes(bitpack.pack(torch.cat(streams[w]), w)) for w in lay.widths}
         enc = new_encoded(**sections)
         enc.meta = {"seed": seed, "shared": shared, "scales": scales}
         return enc
@@ -193,33 +197,36 @@ class Eden(Codec):
         return _unrotate(rotated, lay, seed, enc.numel)
 
 
-def _quantize_part(part: torch.Tensor, bits: int, rms: float, need_qq: bool) -> tuple[torch.Tensor, float, float]:
-    """Codes of one vector part, <q, part> and ||q||^2 (float64; only if need_qq), q = unscaled centroids.
+def _quantize_part(part: torch.Tensor, bits: int, rms: float, need_qq: bool,
+                   pack: bool = False) -> tuple[torch.Tensor, float, float]:
+    """Codes of one vector part (packed if `pack`), <q, part> and ||q||^2 (float64; only if need_qq),
+    q = unscaled centroids.
 
-    Codes and q by grid lookup (`eden_quant.bin_codes`, codes equal to bucketize against the rms-scaled
-    Lloyd-Max boundaries); the sums by blockwise dot products.
+    Codes and q by grid lookup (`eden_quant.quantize`, codes equal to bucketize against the rms-scaled
+    Lloyd-Max boundaries); the sums by blockwise dot products, fused slab by slab.
     """
     thr = boundaries(bits, str(part.device)) * rms
-    codes, q = bin_codes(part, thr, bits, rms)
-    return codes, dot64(q, part), (dot64(q, q) if need_qq else 0.0)
+    return quantize(part, thr, bits, rms, need_qq, pack)
 
 
-def _quantize(y: torch.Tensor, lay: _Layout, c: int, unbiased: bool) -> tuple[float, dict[int, torch.Tensor]]:
-    """Codes per width for one rotated chunk, and its scale (0 for a zero chunk)."""
+def _quantize(y: torch.Tensor, lay: _Layout, c: int, unbiased: bool,
+              pack: bool = False) -> tuple[float, dict[int, torch.Tensor]]:
+    """Codes per width for one rotated chunk (packed if `pack`), and its scale (0 for a zero chunk)."""
     masks = lay.masks[c]
     sub = y[masks[1]] if lay.bits < 1 else y  # b < 1: only kept coordinates are quantized
     sq = sum_squares64(sub)
     codes: dict[int, torch.Tensor] = {}
     if sq == 0.0 or sub.numel() == 0:
         for w in lay.widths:
-            codes[w] = torch.zeros(lay.count(c, w), dtype=torch.uint8, device=y.device)
+            codes[w] = torch.zeros(bitpack.packed_size(lay.count(c, w), w) if pack else lay.count(c, w),
+                                   dtype=torch.uint8, device=y.device)
         return 0.0, codes
     rms = math.sqrt(sq / sub.numel())
     qy = qq = 0.0
     for w in lay.widths:
         m = masks[w]
         part = sub if (m is None or lay.bits < 1) else y[m]
-        codes[w], a, b = _quantize_part(part, w, rms, need_qq=not unbiased)
+        codes[w], a, b = _quantize_part(part, w, rms, need_qq=not unbiased, pack=pack)
         qy, qq = qy + a, qq + b
     scale = sq / qy if unbiased else qy / qq
     return float(torch.tensor(scale, dtype=torch.float32)), codes
@@ -307,7 +314,7 @@ def _decode_whole(enc: Encoded, device: torch.device) -> torch.Tensor | None:
         seg = vals[pos:pos + D]
         if not single:
             seg.mul_(float(scales[c]))
-        apply_signs_(fwht_(seg), derive_seed(seed, "rot", c))
+        unrotate_(seg, derive_seed(seed, "rot", c))
         parts.append(seg[:n])
         pos += D
     return parts[0] if single else torch.cat(parts)
@@ -336,7 +343,7 @@ def unrotate_flat(flat: torch.Tensor, layout: tuple[int, tuple[int, ...], tuple[
     parts, pos = [], 0
     for c, (n, D) in enumerate(zip(sizes, padded)):
         seg = flat[pos:pos + D]
-        apply_signs_(fwht_(seg), derive_seed(seed, "rot", c))
+        unrotate_(seg, derive_seed(seed, "rot", c))
         parts.append(seg[:n])
         pos += D
     return parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -345,7 +352,7 @@ def unrotate_flat(flat: torch.Tensor, layout: tuple[int, tuple[int, ...], tuple[
 def _unrotate(rotated: list[torch.Tensor], lay: _Layout, seed: int, numel: int) -> torch.Tensor:
     parts = []
     for c, (n, y) in enumerate(zip(lay.sizes, rotated)):
-        apply_signs_(fwht_(y), derive_seed(seed, "rot", c))
+        unrotate_(y, derive_seed(seed, "rot", c))
         parts.append(y[:n])
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 

@@ -72,3 +72,38 @@ def test_fused_decode_equals_the_general_path(bits, d, max_chunk):
     general = _unrotate(rot, lay, int(enc.meta["seed"]), enc.numel)
     assert len(chunk_sizes(d, 0.1, max_chunk)) >= 1
     assert torch.equal(fast, general)
+
+
+@pytest.mark.parametrize("slab", [1 << 9, 1 << 17])
+@pytest.mark.parametrize("n,D", [(1 << 12, 1 << 12), (3000, 1 << 12), (1 << 13, 1 << 13), (100, 128), (5, 8)])
+def test_fused_rotations_equal_signs_then_transform(monkeypatch, slab, n, D):
+    """rotate_into / unrotate_ fold the signs and the scaling into the transform's first / last
+    stage, in slabs (small slabs force the column-block path and slabs straddling the padding):
+    bit for bit what the separate passes give."""
+    import thinwire.compression.hadamard as H
+    monkeypatch.setattr(H, "_SLAB", slab)
+    monkeypatch.setattr(H, "_SLAB_THREADED", slab)
+    x = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    want = torch.zeros(D)
+    H.fwht_(signed_copy(x, 7, want))
+    got = torch.full((D,), float("nan"))
+    assert torch.equal(H.rotate_into(x, 7, got), want)
+    back = H.apply_signs_(H.fwht_(want.clone()), 7)
+    assert torch.equal(H.unrotate_(want.clone(), 7), back)
+    torch.testing.assert_close(back[:n], x, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+@pytest.mark.parametrize("n", [1 << 16, 3 * (1 << 16) + 40, 1001])
+def test_slabbed_quantize_equals_codes_then_pack(monkeypatch, bits, n):
+    """quantize: the codes (packed or not) and the float64 sums of the unfused definition."""
+    import thinwire.compression.eden_quant as Q
+    monkeypatch.setattr(Q, "_QUANT_SLAB", 1 << 16)
+    y = torch.randn(n, generator=torch.Generator().manual_seed(bits))
+    rms = float(y.pow(2).mean().sqrt())
+    thr = boundaries(bits) * rms
+    codes, q = bin_codes(y, thr, bits, rms)
+    got, qy, qq = Q.quantize(y, thr, bits, rms, need_qq=True)
+    assert torch.equal(got, codes) and qy == Q.dot64(q, y) and qq == Q.dot64(q, q)
+    packed, qy2, _ = Q.quantize(y, thr, bits, rms, need_qq=False, pack=True)
+    assert torch.equal(packed, bitpack.pack(codes, bits)) and qy2 == qy

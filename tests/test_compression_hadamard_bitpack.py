@@ -28,6 +28,7 @@ def test_fwht_self_inverse_norm_preserving_and_slabbed(monkeypatch):
     assert abs(float(y.norm() / x.norm()) - 1) < 1e-5
     torch.testing.assert_close(H.fwht_(y.clone()), x, rtol=0, atol=1e-5)
     monkeypatch.setattr(H, "_SLAB", 1 << 9)  # force the bounded-memory slab loop
+    monkeypatch.setattr(H, "_SLAB_THREADED", 1 << 9)
     torch.testing.assert_close(H.fwht_(x.clone()), y, rtol=0, atol=1e-5)
 
 
