@@ -64,6 +64,7 @@ class VirtualClient:
     state: ClientState | None = None
     before: ClientState | None = None   # state before `last_round`, to redo that round identically
     last_round: int = -1
+    secure_round: int = -1              # round of the last secure-aggregation task taken (run once)
     busy: bool = False
     joined: bool = False
 
@@ -154,6 +155,7 @@ class Fleet:
         vc = self.clients.get(cid)
         if vc is not None:
             vc.joined = True
+            vc.secure_round = -1                # a restarted server redoes its round with fresh keys
 
     def setup(self) -> None:
         from thinwire.data.datasets import dataset_from_config
@@ -309,7 +311,13 @@ class Fleet:
                 return res
             crash_point("secagg_masked", rnd)
             enc = masked_payload(client.masked_input(clear_input(res.payload), inbox, u1), params)
-            outcome = self._deliver(vc, reply, replace(res, payload=enc.to_bytes(), header_size=enc.header_size))
+            masked = replace(res, payload=enc.to_bytes(), header_size=enc.header_size)
+            outcome = self._deliver(vc, reply, masked)
+            for delay in (0.2, 0.5, 1.0, 2.0):   # this round's keys live only here: retry the push in place
+                if outcome not in ("retried", "failed") or self.finished.is_set():
+                    break
+                time.sleep(delay)
+                outcome = self._deliver(vc, reply, masked)
             if outcome == "accepted":
                 link.reveal(client.unmask(link.survivors()))
             return outcome
@@ -376,8 +384,12 @@ class Fleet:
                     for task in reply.tasks:
                         vc = self.clients.get(task.client_id)
                         if vc is not None and not vc.busy:
-                            vc.busy = True
                             secagg = json.loads(task.task_json).get("kind") == SECAGG_KIND
+                            if secagg and vc.secure_round == task.round:
+                                continue       # its keys were spent: the round goes on without it
+                            if secagg:
+                                vc.secure_round = task.round
+                            vc.busy = True
                             (secure if secagg else pool).submit(self._job, vc, task)
                     wait = min(wait, max(0.05, reply.retry_after_s))
                 self.finished.wait(wait)

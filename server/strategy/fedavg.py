@@ -47,7 +47,7 @@ class FedAvg(Strategy):
         self._global = global_vec
         if self._sum is not None and self._sum.numel != global_vec.numel():
             self._sum = None
-        if self._sum is None and not self._folds_rotated():    # allocated up front, as before issue 21
+        if self._sum is None and self._sum_up_front():         # allocated up front, as before issue 21
             self._sum = ExactSum(global_vec.numel(), device=global_vec.device)
         for acc in (self._sum, self._rot):       # the rotated sum is allocated at its first fold
             if acc is not None:
@@ -62,6 +62,10 @@ class FedAvg(Strategy):
         """A subclass that clips, buffers or inspects each update (DP-FedAvg, robust rules, FedBuff)
         and --norm-bound must see every delta decoded; only FedAvg's own fold sums them encoded."""
         return type(self).accept is not FedAvg.accept or self.norm_bound is not None
+
+    def _sum_up_front(self) -> bool:
+        """Allocate the plain sum when a round opens (else at its first fold, if any)."""
+        return not self._folds_rotated()
 
     def _folds_rotated(self) -> bool:
         """The run's deltas fold in the rotated domain (EDEN with a shared rotation), so the plain

@@ -84,6 +84,9 @@ class SecAggFedAvg(FedAvg):
             self.session = SecAggSession(wire.params_of(self._task, global_vec.numel()), sorted(tasks),
                                          timeout=self.cfg.secagg_timeout)
 
+    def _sum_up_front(self) -> bool:
+        return False                  # the session holds the round's (masked) sum; no plain sum is needed
+
     def round_session(self) -> SecAggSession | None:
         return self.session
 
