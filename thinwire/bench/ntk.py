@@ -47,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "and print the table, goals and plots without running anything")
     p.add_argument("--dataset", default="digits", help="data set of every method, as `thinwire simulate --dataset` "
                    "(default: digits)")
-    p.add_argument("--model", default="mlp", help="model of every method, as `thinwire simulate --model` (default: mlp)")
+    p.add_argument("--model", default="mlp",
+                   help="model of every method, as `thinwire simulate --model` (default: mlp)")
     p.add_argument("--hidden", default="64,64", help="MLP hidden sizes for --model mlp (default: 64,64)")
     p.add_argument("--ntk-rounds", type=int, default=40, help="NTK-FL and CP-NTK-FL rounds (default: 40)")
     p.add_argument("--ntk-eta", type=float, default=0.01, help="NTK-FL eta (default: 0.01)")
