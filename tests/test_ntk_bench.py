@@ -31,3 +31,26 @@ def test_rounds_to_target_combine_and_goals():
                               1: bench.summarize(_curve([0.1] * 10 + [0.95] * 6, 1000), 0.9)})
     s["fedavg"] = bench.combine({0: bench.summarize(_curve([0.1] * 52 + [0.95] * 6, 10), 0.9)})
     assert "4.82x" in bench.goals(s)[0] and bench.goals(s)[0].endswith("MISSED")
+
+
+def _args(**over):
+    import argparse
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    return p.parse_args([f"--{k.replace('_', '-')}={v}" for k, v in over.items()])
+
+
+def test_workload_flags_reach_every_method_and_bad_values_are_refused(tmp_path):
+    import pytest
+    from thinwire.errors import ConfigError
+
+    cfgs = bench.configs(_args(dataset="mnist1d", model="mlp", hidden="128,32"), str(tmp_path), 0)
+    assert set(cfgs) == set(bench.METHODS)
+    assert {(c.dataset, c.model, tuple(c.hidden)) for c in cfgs.values()} == {("mnist1d", "mlp", (128, 32))}
+    default = bench.configs(_args(), str(tmp_path), 0)["ntk"]          # the digits figures' workload stays the default
+    assert (default.dataset, default.model, default.hidden) == ("digits", "mlp", [64, 64])
+    for bad, field in (({"dataset": "imagenet"}, "dataset"), ({"model": "vgg99"}, "model"),
+                       ({"hidden": "64,x"}, "hidden"), ({"hidden": "0"}, "hidden")):
+        with pytest.raises(ConfigError) as e:
+            bench.configs(_args(**bad), str(tmp_path), 0)
+        assert e.value.field == field

@@ -1,7 +1,8 @@
 """`thinwire bench ntk`: FedAvg vs NTK-FL vs CP-NTK-FL, rounds and uplink bytes to a target accuracy.
 
 All methods run through the same engine (`thinwire.sim.engine.simulate`) on the same workload:
-Dirichlet(0.5) digits over 100 clients, 10 per round, the MLP (64, 64), identity codec, centralised
+Dirichlet(0.5) digits over 100 clients, 10 per round, the MLP (64, 64) (--dataset / --model /
+--hidden pick another workload, e.g. MNIST-1D and resnet20, issue 21), identity codec, centralised
 test accuracy after every round, for every seed in --seeds (a seed fixes the partition, the initial
 weights and the client sample per round, the same for every method). FedAvg runs twice: plain
 `fedavg` and the engine default `fedavgm` (server momentum 0.9), both with local SGD (batch 16, one
@@ -44,6 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-json", default="", metavar="FILES",
                    help="comma-separated --json outputs of earlier runs: merge their curves (by method and seed) "
                         "and print the table, goals and plots without running anything")
+    p.add_argument("--dataset", default="digits", help="data set of every method, as `thinwire simulate --dataset` "
+                   "(default: digits)")
+    p.add_argument("--model", default="mlp",
+                   help="model of every method, as `thinwire simulate --model` (default: mlp)")
+    p.add_argument("--hidden", default="64,64", help="MLP hidden sizes for --model mlp (default: 64,64)")
     p.add_argument("--ntk-rounds", type=int, default=40, help="NTK-FL and CP-NTK-FL rounds (default: 40)")
     p.add_argument("--ntk-eta", type=float, default=0.01, help="NTK-FL eta (default: 0.01)")
     p.add_argument("--ntk-taus", default="10,20,50,100,200,500,1000,2000",
@@ -71,8 +77,9 @@ def seeds(args: argparse.Namespace) -> list[int]:
 
 
 def configs(args: argparse.Namespace, out_dir: str, seed: int) -> dict[str, RunConfig]:
-    base = {"out_dir": out_dir, "seed": seed, "dataset": "digits", "clients": args.clients,
-            "partition": "dirichlet", "alpha": 0.5, "model": "mlp", "hidden": [64, 64], "per_round": args.per_round,
+    base = {"out_dir": out_dir, "seed": seed, "dataset": args.dataset, "clients": args.clients,
+            "partition": "dirichlet", "alpha": 0.5, "model": args.model, "hidden": args.hidden,
+            "per_round": args.per_round,
             "codec": "identity", "eval_every": 1, "progress": True, "workers": args.workers}
     fed = {"rounds": args.fedavg_rounds}
     ntk = {"strategy": "ntk", "rounds": args.ntk_rounds, "ntk_eta": args.ntk_eta, "ntk_taus": args.ntk_taus,
@@ -155,7 +162,8 @@ def goals(s: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def plot(curves: dict[str, dict[int, list[dict[str, Any]]]], target: float, prefix: str) -> list[Path]:
+def plot(curves: dict[str, dict[int, list[dict[str, Any]]]], target: float, prefix: str,
+         workload: str = "digits, mlp, 100 clients, 10/round") -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -173,7 +181,7 @@ def plot(curves: dict[str, dict[int, list[dict[str, Any]]]], target: float, pref
         ax.set_ylabel("test accuracy")
         if logx:
             ax.set_xscale("log")
-        ax.set_title("digits, Dirichlet(0.5), 100 clients, 10/round", fontsize=9)
+        ax.set_title(f"{workload}, Dirichlet(0.5)", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
         path = Path(f"{prefix}_{name}.png")
@@ -219,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps({"settings": vars(args) | {"_bench_module": None}, "summary": s,
                                                "per_seed": per, "curves": curves}, indent=1, default=str))
     if args.plot:
-        for p in plot(curves, args.target, args.plot):
+        workload = f"{args.dataset}, {args.model}, {args.clients} clients, {args.per_round}/round"
+        for p in plot(curves, args.target, args.plot, workload):
             print(f"plot: {p}")
     return 0
