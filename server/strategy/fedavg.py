@@ -85,14 +85,22 @@ class FedAvg(Strategy):
             metrics = {k: v for k, v in result.scalars.items() if k == "train_loss"}
             self.fold_encoded(enc, result.num_samples, metrics)
             return
-        update = result.tensors.get(DEFAULT_TENSOR)
-        if update is None:
-            raise ValueError(f"result: FedAvg needs a {DEFAULT_TENSOR!r} tensor; got {sorted(result.tensors)}")
+        update = self.model_delta(result, self._global.numel() if self._global is not None else None)
         metrics = {k: v for k, v in result.scalars.items() if k == "train_loss"}
-        update = update.reshape(-1)
-        if self.norm_bound is not None and self._global is not None and update.shape == (self._global.numel(),):
+        if self.norm_bound is not None:
             update = self.norm_bound.apply(update)
         self.fold(update, result.num_samples, metrics)
+
+    def model_delta(self, result: Result, numel: int | None) -> torch.Tensor:
+        """The result's flat model delta (FedAvg's and its subclasses' one check of it): ValueError
+        when it is missing or, with `numel`, not model-sized."""
+        update = result.tensors.get(DEFAULT_TENSOR)
+        if update is None:
+            raise ValueError(f"result: {self.name} needs a {DEFAULT_TENSOR!r} tensor; got {sorted(result.tensors)}")
+        update = update.reshape(-1)
+        if numel is not None and update.shape != (numel,):
+            raise ValueError(f"update: shape {tuple(update.shape)} does not match model ({numel},)")
+        return update
 
     def fold(self, update: torch.Tensor, num_samples: int, metrics: dict[str, float] | None = None) -> None:
         """Add one delta weighted by its sample count (refusing, unchanged, what it cannot add)."""

@@ -31,7 +31,6 @@ from thinwire.errors import ConfigError
 from thinwire.server.strategy.base import Result, RoundView
 from thinwire.server.strategy.fedavg import FedAvg
 from thinwire.server.strategy.registry import register
-from thinwire.task import DEFAULT_TENSOR
 
 STALENESS_RULES = ("constant", "polynomial:a", "hinge:a,b")
 WEIGHT_BITS = 10                  # staleness weights on a 2**-10 grid: exact integer weights for ExactSum
@@ -166,12 +165,7 @@ class FedBuff(FedAvg):
     def accept(self, result: Result) -> None:
         if not self._open:
             raise RuntimeError("accept() called before begin_round()")
-        update = result.tensors.get(DEFAULT_TENSOR)
-        if update is None:
-            raise ValueError(f"result: FedBuff needs a {DEFAULT_TENSOR!r} tensor; got {sorted(result.tensors)}")
-        update = update.reshape(-1)
-        if update.shape != (self._sum.numel,):
-            raise ValueError(f"update: shape {tuple(update.shape)} does not match model ({self._sum.numel},)")
+        update = self.model_delta(result, self._sum.numel)
         s = max(0, self.step - result.round)
         n = max(result.num_samples, 0)
         self._sum.add(update.float(), n * quantized_weight(self.weight(s)))   # refuses before any change

@@ -25,7 +25,6 @@ from thinwire.errors import ConfigError
 from thinwire.server.strategy.base import Result
 from thinwire.server.strategy.fedavg import FedAvgM
 from thinwire.server.strategy.registry import register
-from thinwire.task import DEFAULT_TENSOR
 
 log = logging.getLogger("thinwire.robust")
 RULES = ("median", "trimmed-mean", "krum")
@@ -149,12 +148,7 @@ class RobustAggregate(FedAvgM):
     def accept(self, result: Result) -> None:
         if not self._open:
             raise RuntimeError("accept() called before begin_round()")
-        update = result.tensors.get(DEFAULT_TENSOR)
-        if update is None:
-            raise ValueError(f"result: {self.rule} needs a {DEFAULT_TENSOR!r} tensor; got {sorted(result.tensors)}")
-        update = update.reshape(-1)
-        if update.numel() != self._rows.shape[1]:
-            raise ValueError(f"update: {update.numel()} values, the model has {self._rows.shape[1]}")
+        update = self.model_delta(result, self._rows.shape[1])
         if not bool(torch.isfinite(update).all()):
             raise ValueError("update: holds NaN or Inf")
         if self._n >= self.capacity:
