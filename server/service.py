@@ -203,14 +203,16 @@ class Servicer(pb2_grpc.ParameterServerServicer):
         session (per step), which the round engine adds to the round's uplink and downlink."""
         self._who(context, request.client_id)
         self.ps.members.touch(request.client_id)
-        session = self.ps.session
+        session, step = self.ps.session, SECAGG_STEPS.get(request.step)
+        if session is not None and step is not None:     # before the step: the last reveal may end the round
+            session.count(step, request.ByteSize() + GRPC_FRAME, 0)
         try:
             reply = self.ps.secagg_step(request, pb2)
         except WireError as e:
             log.info("SecAgg refused (%s): client %d: %s", e.code, request.client_id, e)
             _abort(context, e)
-        if session is not None:
-            session.count(SECAGG_STEPS[request.step], request.ByteSize() + GRPC_FRAME, reply.ByteSize() + GRPC_FRAME)
+        if session is not None and step is not None:
+            session.count(step, 0, reply.ByteSize() + GRPC_FRAME)
         return reply
 
     def Status(self, request, context):
