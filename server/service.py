@@ -22,6 +22,7 @@ from thinwire.wire.messages import model_messages, parse_chunk
 
 from thinwire.server.app import ParameterServer
 from thinwire.server.malloc_policy import tune_malloc
+from thinwire.server.secagg_rpc import secagg_step
 
 log = logging.getLogger("thinwire.server")
 MAX_BATCH = 100_000            # client ids in one HeartbeatMany / GetTasks call
@@ -207,7 +208,7 @@ class Servicer(pb2_grpc.ParameterServerServicer):
         if session is not None and step is not None:     # before the step: the last reveal may end the round
             session.count(step, request.ByteSize() + GRPC_FRAME, 0)
         try:
-            reply = self.ps.secagg_step(request, pb2)
+            reply = secagg_step(self.ps, request, pb2)
         except WireError as e:
             log.info("SecAgg refused (%s): client %d: %s", e.code, request.client_id, e)
             _abort(context, e)
