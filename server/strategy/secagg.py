@@ -62,7 +62,6 @@ class SecAggFedAvg(FedAvg):
         self.session: SecAggSession | None = None
         self._tasks: dict[int, Task] = {}
         self._task: Task | None = None
-        self._losses: list[float] = []
 
     # -- configure ---------------------------------------------------------------------------
     def configure_client(self, rnd: int, client_id: int) -> Task:
@@ -78,7 +77,6 @@ class SecAggFedAvg(FedAvg):
         tasks = {c: t for c, t in self._tasks.items() if t.round == rnd}
         self._tasks = {}
         self._task = next(iter(tasks.values()), None)
-        self._losses = []
         self.session = None
         if self._task is not None:
             self.session = SecAggSession(wire.params_of(self._task, global_vec.numel()), sorted(tasks),
@@ -117,7 +115,7 @@ class SecAggFedAvg(FedAvg):
         except SecAggError as e:
             raise ValueError(str(e)) from None
         if "train_loss" in result.scalars:
-            self._losses.append(float(result.scalars["train_loss"]))
+            self._add_metrics({"train_loss": result.scalars["train_loss"]}, 1)     # unweighted, as the mean
 
     def lost(self, client_id: int) -> None:
         if self.session is not None:
@@ -153,6 +151,5 @@ class SecAggFedAvg(FedAvg):
         step = wire.decode_sum(total, task, self._global.numel()).div_(len(u2))
         new = self.apply_step(step.to(self._global.dtype))
         metrics.update(s.metrics(), aggregated=len(u2))
-        if self._losses:
-            metrics["train_loss"] = sum(self._losses) / len(self._losses)
+        metrics.update({k: v / len(u2) for k, v in self._metric_sums.items()})
         return new, metrics

@@ -206,7 +206,7 @@ class NetworkModel:
         body = max(0, nbytes - header_bytes)
         ranges = chunk_ranges(body, self.chunk_size)
         sizes = np.array([e - s for s, e in ranges], dtype=np.int64)
-        time_s = prof.latency_s + nbytes * 8.0 / bps
+        time_s = self.message_time(k, nbytes, direction)
         wire = nbytes
         lost = self.lost_chunks(k, rnd, len(ranges), 0, direction) & (sizes > 0)
         dropped = int(lost.sum())
@@ -228,6 +228,11 @@ class NetworkModel:
         return Transfer(nbytes=nbytes, time_s=float(time_s), n_chunks=len(ranges),
                         lost_chunks=[int(i) for i in np.flatnonzero(lost)], dropped_chunks=dropped,
                         retransmitted_chunks=retrans, wire_bytes=int(wire), header_bytes=header_bytes)
+
+    def message_time(self, k: int, nbytes: int, direction: str = "up") -> float:
+        """Seconds one message of `nbytes` takes on client k's link, losses aside: latency + size / rate."""
+        prof = self.profile(k)
+        return prof.latency_s + nbytes * 8.0 / (prof.up_bps if direction == "up" else prof.down_bps)
 
     def upload(self, k: int, rnd: int, nbytes: int, header_bytes: int = 0) -> Transfer:
         return self.transfer(k, rnd, nbytes, "up", header_bytes)

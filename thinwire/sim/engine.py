@@ -198,8 +198,7 @@ class SimTransport:
 
     def _link_time(self, cid: int, up: int, down: int) -> float:
         """A small request and its reply on client `cid`'s emulated link (no chunk loss)."""
-        prof = self.net.profile(cid)
-        return 2 * prof.latency_s + up * 8.0 / prof.up_bps + down * 8.0 / prof.down_bps
+        return self.net.message_time(cid, up, "up") + self.net.message_time(cid, down, "down")
 
     def open_round(self, rnd: int, vec: torch.Tensor, tasks: dict[int, Task]) -> None:
         net = self.net
